@@ -1,0 +1,5 @@
+import sys
+
+from onlinespec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""KV caches, verification, the speculative loop and plain autoregressive decoding. Knows nothing of learning."""

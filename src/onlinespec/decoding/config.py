@@ -1,0 +1,29 @@
+"""Per-request generation settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.errors import UserError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    k: int = 4  # drafted tokens per verify step (chain length)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise UserError(f"k (drafted tokens per step) must be >= 1, got {self.k}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+
+    def generator(self) -> torch.Generator | None:
+        """A seeded CPU generator for sampling; None when greedy (nothing random happens)."""
+        return None if self.sampling.greedy else torch.Generator().manual_seed(self.seed)

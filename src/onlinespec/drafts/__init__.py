@@ -1,0 +1,46 @@
+"""Draft kinds behind one protocol (`Draft`), and `make_draft` which builds one from a spec string.
+
+Specs: `layerskip:N` (the target's first N layers), `none` (plain autoregressive decoding), or any model spec
+(`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the target's tokenizer.
+"""
+
+from __future__ import annotations
+
+from onlinespec.drafts.base import Draft, Proposal
+from onlinespec.drafts.causal_lm import CausalLMDraft
+from onlinespec.drafts.independent import check_same_tokenizer
+from onlinespec.drafts.layerskip import build_layerskip_model
+from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel, load_model
+
+DEFAULT_DRAFT = "layerskip:4"
+
+
+def target_vocab_size(target: LoadedModel) -> int:
+    return target.model.get_output_embeddings().weight.shape[0]
+
+
+def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft | None:
+    """Build the draft named by `spec` for `target`; None for `none` (autoregressive)."""
+    if spec == "none":
+        return None
+    if spec.startswith("layerskip:"):
+        value = spec.split(":", 1)[1]
+        if not value.isdigit():
+            raise UserError(f"bad draft spec '{spec}': write layerskip:N with N a positive whole number of layers")
+        model = build_layerskip_model(target.model, int(value))
+        return CausalLMDraft(model, target_vocab_size(target), name=spec)
+    loaded = load_model(spec, dtype)
+    check_same_tokenizer(target.tokenizer, loaded.tokenizer, spec)
+    return CausalLMDraft(loaded.model, target_vocab_size(target), name=spec)
+
+
+__all__ = [
+    "DEFAULT_DRAFT",
+    "CausalLMDraft",
+    "Draft",
+    "Proposal",
+    "build_layerskip_model",
+    "check_same_tokenizer",
+    "make_draft",
+]

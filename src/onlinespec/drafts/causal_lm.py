@@ -1,0 +1,66 @@
+"""A draft that is itself a transformers causal LM (an independent small LM, or a layer-skip view of the target)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onlinespec.decoding.kv_cache import new_cache, rollback
+from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
+from onlinespec.drafts.base import Proposal
+
+
+class CausalLMDraft:
+    """Chain drafting with its own KV cache, rolled back to the accepted prefix after every verify step."""
+
+    wants_target_hidden = False
+
+    def __init__(self, model: torch.nn.Module, target_vocab_size: int, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.target_vocab_size = target_vocab_size
+        self.cache = None
+        self.cached_len = 0  # positions of the committed sequence held in self.cache
+        self._base_len = 0  # length of the committed sequence at the last propose
+        self._k = 0
+
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        self.cache = new_cache(self.model)
+        self.cached_len = 0
+
+    def _next_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Feed input_ids [n] through the cache; return the draft's logits for the next token, [V_target]."""
+        out = self.model(input_ids=input_ids[None], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[0, -1]
+        extra = self.target_vocab_size - logits.shape[-1]
+        # Tokens the draft cannot produce get q = 0; tokens beyond the target's vocabulary can never be accepted.
+        return F.pad(logits, (0, extra), value=float("-inf")) if extra > 0 else logits[: self.target_vocab_size]
+
+    def propose(
+        self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
+    ) -> Proposal:
+        """ids: LongTensor [L] committed tokens. Feeds what the cache lacks, then drafts k tokens one by one."""
+        step_input = ids[self.cached_len :]
+        tokens, logits, probs = [], [], []
+        for _ in range(k):
+            step_logits = self._next_logits(step_input)
+            if sampling.greedy:
+                token = step_logits.argmax(dim=-1, keepdim=True)
+            else:
+                q = probs_from_logits(step_logits[None], sampling)
+                token = sample(q, generator)
+                probs.append(q[0])
+            tokens.append(token)
+            logits.append(step_logits)
+            step_input = token
+        self._base_len, self._k = ids.shape[0], k
+        self.cached_len = ids.shape[0] + k - 1  # the last drafted token was never fed
+        return Proposal(
+            tokens=torch.cat(tokens),
+            logits=torch.stack(logits),
+            probs=torch.stack(probs) if probs else None,
+        )
+
+    def commit(self, num_accepted: int) -> None:
+        self.cached_len = self._base_len + min(num_accepted, self._k - 1)
+        rollback(self.cache, self.cached_len)

@@ -1,0 +1,67 @@
+"""Resolve a model spec to a loaded (model, tokenizer) pair.
+
+A spec is one of: an embedded name (`smollm2-135m`), a path to a `.gguf` file, a local model directory, or a
+Hugging Face hub id (loaded with the usual `from_pretrained`, so it works offline once cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from onlinespec.errors import UserError
+from onlinespec.models.embedded import EMBEDDED, embedded_model_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    spec: str
+    model: torch.nn.Module  # a transformers causal LM, in eval mode
+    tokenizer: object  # a transformers tokenizer
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}': choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).exists()
+
+
+def load_model(spec: str, dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype`."""
+    torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    if not spec or not spec.strip():
+        raise UserError("empty model spec: give an embedded name (smollm2-135m), a directory, a .gguf file or a hub id")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {}
+    if spec in EMBEDDED:
+        source = str(embedded_model_dir(spec))
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UserError(f"GGUF file '{spec}' does not exist")
+        source, kwargs = str(path.parent), {"gguf_file": path.name}
+    elif _looks_like_path(spec) and not Path(spec).expanduser().exists():
+        raise UserError(f"model directory '{spec}' does not exist")
+    else:
+        source = str(Path(spec).expanduser()) if _looks_like_path(spec) else spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not load model '{spec}': {reason}. A model spec is an embedded name "
+            f"({', '.join(EMBEDDED)}), a local model directory, a .gguf file, or a Hugging Face hub id"
+        ) from exc
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer)

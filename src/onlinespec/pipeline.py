@@ -1,0 +1,127 @@
+"""Text in, text out: a target, an optional draft, the tokenizer and the engine wired together.
+
+from onlinespec import Pipeline, GenerationConfig
+pipe = Pipeline.load()                       # embedded smollm2-135m target, default draft
+result = pipe.generate("Write a haiku", GenerationConfig(max_new_tokens=64))
+print(result.text, result.stats.tau)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+
+from onlinespec.decoding.autoregressive import autoregressive_stream
+from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.decoding.metrics import RequestStats
+from onlinespec.decoding.stopping import StopCriteria
+from onlinespec.drafts import DEFAULT_DRAFT, Draft, make_draft
+from onlinespec.errors import UserError
+from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+
+MODES = ("spec", "ar")
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos" | "stop" | "length"
+    stats: RequestStats
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.to_dict(),
+        }
+
+
+class Generation:
+    """One request in flight: iterate it for the new token ids of each step; `result()` once it is done."""
+
+    def __init__(self, steps: Iterator[list[int]], stop: StopCriteria, stats: RequestStats) -> None:
+        self._steps, self.stop, self.stats = steps, stop, stats
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self._steps
+
+    def result(self) -> GenerationResult:
+        for _ in self._steps:  # finish whatever the caller did not consume
+            pass
+        return GenerationResult(
+            self.stop.text(), list(self.stop.token_ids), self.stop.finish_reason or "length", self.stats
+        )
+
+
+class Pipeline:
+    def __init__(self, target: LoadedModel, draft: Draft | None) -> None:
+        self.target = target
+        self.tokenizer = target.tokenizer
+        self.draft = draft
+        self.engine = SpeculativeEngine(target.model, draft) if draft is not None else None
+        self.eos_ids = _eos_ids(target)
+        self.context_length = getattr(target.model.config, "max_position_embeddings", None)
+
+    @classmethod
+    def load(cls, target: str = DEFAULT_MODEL, draft: str = DEFAULT_DRAFT, dtype: str = "float32") -> Pipeline:
+        loaded = load_model(target, dtype)
+        return cls(loaded, make_draft(draft, loaded, dtype))
+
+    def encode(self, prompt: str, chat: bool = True) -> torch.Tensor:
+        """Prompt text -> LongTensor [T], wrapped in the chat template when the tokenizer has one and chat=True."""
+        if not prompt or not prompt.strip():
+            raise UserError("the prompt is empty: give some text to continue")
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+            )
+        else:
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def start(self, prompt_ids: torch.Tensor, cfg: GenerationConfig, mode: str = "spec") -> Generation:
+        """Begin decoding prompt_ids (LongTensor [T]); `mode` is "spec" (needs a draft) or "ar"."""
+        if mode not in MODES:
+            raise UserError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
+        if prompt_ids.numel() == 0:
+            raise UserError("the prompt is empty: give some text to continue")
+        cfg = self._fit_context(prompt_ids, cfg)
+        stop = StopCriteria(cfg.max_new_tokens, self.eos_ids, cfg.stop, self.tokenizer)
+        stats = RequestStats()
+        if mode == "spec" and self.engine is not None:
+            steps = self.engine.stream(prompt_ids, cfg, stop, stats)
+        else:
+            steps = autoregressive_stream(self.target.model, prompt_ids, cfg, stop, stats)
+        return Generation(steps, stop, stats)
+
+    def generate(
+        self, prompt: str, cfg: GenerationConfig | None = None, chat: bool = True, mode: str = "spec"
+    ) -> GenerationResult:
+        return self.start(self.encode(prompt, chat), cfg or GenerationConfig(), mode).result()
+
+    def _fit_context(self, prompt_ids: torch.Tensor, cfg: GenerationConfig) -> GenerationConfig:
+        if self.context_length is None:
+            return cfg
+        room = self.context_length - prompt_ids.shape[0]
+        if room < 1:
+            raise UserError(
+                f"the prompt has {prompt_ids.shape[0]} tokens but the model's context is {self.context_length}: "
+                "shorten the prompt"
+            )
+        return replace(cfg, max_new_tokens=room) if cfg.max_new_tokens > room else cfg
+
+
+def _eos_ids(target: LoadedModel) -> frozenset[int]:
+    """End-of-sequence ids from the generation config and the tokenizer."""
+    ids: set[int] = set()
+    configured = getattr(target.model.generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, list) else [configured])
+    if getattr(target.tokenizer, "eos_token_id", None) is not None:
+        ids.add(target.tokenizer.eos_token_id)
+    return frozenset(ids)
