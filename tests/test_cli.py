@@ -99,3 +99,45 @@ def test_real_tokenizer_mismatch_and_too_long_prompt(tmp_path) -> None:
     proc = onlinespec("generate", "word " * 9000, "--no-chat")
     assert proc.returncode == 2 and "the model's context is 8192: shorten the prompt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_generate_learns_and_keeps_its_draft_state_across_calls(tmp_path) -> None:
+    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
+    state, telemetry = tmp_path / "state", tmp_path / "rounds.jsonl"
+    common = [
+        "generate",
+        "the cat",
+        "--target",
+        str(tmp_path / "m"),
+        "--draft",
+        "layerskip:2",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--learner",
+        "optimistic",
+        "--lr",
+        "0.5",
+        "--draft-state",
+        str(state),
+        "--telemetry",
+        str(telemetry),
+    ]
+    first = onlinespec(*common)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["learning"]["round"] == 1
+    assert (state / "LATEST").read_text() == "state-000001"
+    second = onlinespec(*common)
+    assert second.returncode == 0, second.stderr
+    learning = json.loads(second.stdout)["learning"]
+    assert learning["round"] == 2 and "hint_error" in learning
+    rounds = [json.loads(line) for line in telemetry.read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["update_s"] > 0 and r["positions"] > 0 for r in rounds)
+
+
+def test_bad_learner_flags_are_clear(tmp_path) -> None:
+    proc = onlinespec("generate", "hi", "--learner", "sgd")
+    assert proc.returncode == 2 and "invalid choice: 'sgd'" in proc.stderr
+    proc = onlinespec("generate", "hi", "--learner", "ogd", "--lr", "-1")
+    assert proc.returncode == 2 and "lr must be > 0" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ print(result.text, result.stats.tau)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -42,16 +42,28 @@ class GenerationResult:
 
 
 class Generation:
-    """One request in flight: iterate it for the new token ids of each step; `result()` once it is done."""
+    """One request in flight: iterate it for the new token ids of each step; `result()` once it is done.
 
-    def __init__(self, steps: Iterator[list[int]], stop: StopCriteria, stats: RequestStats) -> None:
-        self._steps, self.stop, self.stats = steps, stop, stats
+    `on_done(stats)` runs once, when the last step has been produced (the online learner's round boundary).
+    """
+
+    def __init__(
+        self,
+        steps: Iterator[list[int]],
+        stop: StopCriteria,
+        stats: RequestStats,
+        on_done: Callable[[RequestStats], object] | None = None,
+    ) -> None:
+        self._steps, self.stop, self.stats, self._on_done = steps, stop, stats, on_done
 
     def __iter__(self) -> Iterator[list[int]]:
-        return self._steps
+        yield from self._steps
+        if self._on_done is not None:
+            on_done, self._on_done = self._on_done, None
+            on_done(self.stats)
 
     def result(self) -> GenerationResult:
-        for _ in self._steps:  # finish whatever the caller did not consume
+        for _ in self:  # finish whatever the caller did not consume
             pass
         return GenerationResult(
             self.stop.text(), list(self.stop.token_ids), self.stop.finish_reason or "length", self.stats
@@ -64,6 +76,7 @@ class Pipeline:
         self.tokenizer = target.tokenizer
         self.draft = draft
         self.engine = SpeculativeEngine(target.model, draft) if draft is not None else None
+        self.online = None  # an OnlineLearning once enable_learning() was called
         self.eos_ids = _eos_ids(target)
         self.context_length = getattr(target.model.config, "max_position_embeddings", None)
 
@@ -71,6 +84,15 @@ class Pipeline:
     def load(cls, target: str = DEFAULT_MODEL, draft: str = DEFAULT_DRAFT, dtype: str = "float32") -> Pipeline:
         loaded = load_model(target, dtype)
         return cls(loaded, make_draft(draft, loaded, dtype))
+
+    def enable_learning(self, cfg) -> object:
+        """Let the draft learn online from this pipeline's speculative requests (an `OnlineConfig`)."""
+        from onlinespec.online.session import OnlineLearning
+
+        if self.engine is None:
+            raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), not none")
+        self.online = OnlineLearning(self.engine, cfg)
+        return self.online
 
     def encode(self, prompt: str, chat: bool = True) -> torch.Tensor:
         """Prompt text -> LongTensor [T], wrapped in the chat template when the tokenizer has one and chat=True."""
@@ -95,9 +117,9 @@ class Pipeline:
         stats = RequestStats()
         if mode == "spec" and self.engine is not None:
             steps = self.engine.stream(prompt_ids, cfg, stop, stats)
-        else:
-            steps = autoregressive_stream(self.target.model, prompt_ids, cfg, stop, stats)
-        return Generation(steps, stop, stats)
+            on_done = self.online.after_request if self.online is not None else None
+            return Generation(steps, stop, stats, on_done)
+        return Generation(autoregressive_stream(self.target.model, prompt_ids, cfg, stop, stats), stop, stats)
 
     def generate(
         self, prompt: str, cfg: GenerationConfig | None = None, chat: bool = True, mode: str = "spec"

@@ -29,7 +29,9 @@ def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft 
         if not value.isdigit():
             raise UserError(f"bad draft spec '{spec}': write layerskip:N with N a positive whole number of layers")
         model = build_layerskip_model(target.model, int(value))
-        return CausalLMDraft(model, target_vocab_size(target), name=spec)
+        shared = {id(p) for p in target.model.parameters()}
+        own_layers = [n for n, p in model.named_parameters() if id(p) not in shared]
+        return CausalLMDraft(model, target_vocab_size(target), name=spec, trainable=own_layers)
     loaded = load_model(spec, dtype)
     check_same_tokenizer(target.tokenizer, loaded.tokenizer, spec)
     return CausalLMDraft(loaded.model, target_vocab_size(target), name=spec)

@@ -15,9 +15,13 @@ class CausalLMDraft:
 
     wants_target_hidden = False
 
-    def __init__(self, model: torch.nn.Module, target_vocab_size: int, name: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, target_vocab_size: int, name: str, trainable: list[str] | None = None
+    ) -> None:
         self.model = model
         self.name = name
+        # Names of the parameters an online learner may change (default: all); the rest stay frozen.
+        self.trainable = trainable if trainable is not None else [n for n, _ in model.named_parameters()]
         self.target_vocab_size = target_vocab_size
         self.cache = None
         self.cached_len = 0  # positions of the committed sequence held in self.cache

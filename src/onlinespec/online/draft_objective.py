@@ -1,0 +1,69 @@
+"""The round's loss l_t(w) of a draft as a function of its trainable parameters: the learners' gradient oracle.
+
+It runs the DRAFT only (teacher-forced over each request's committed tokens, one forward per request) against the
+target distributions stored from verification: the target model is never called here.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch.func import functional_call
+
+from onlinespec.online.feedback_buffer import RequestExamples
+from onlinespec.online.learners import GradFn
+from onlinespec.online.losses import divergence
+
+
+def training_copy(model: torch.nn.Module, trainable: list[str]) -> torch.nn.Module:
+    """A copy of `model` that owns fresh copies of the `trainable` parameters and shares every other tensor.
+
+    Learners update this copy (possibly in a background thread) while decoding keeps using the live draft;
+    publication copies the trainable tensors across at a round boundary.
+    """
+    named = dict(model.named_parameters())
+    keep = set(trainable)
+    memo: dict[int, object] = {id(p): p for n, p in named.items() if n not in keep}
+    memo.update({id(b): b for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+class DraftObjective:
+    def __init__(self, model: torch.nn.Module, trainable: list[str], loss: str = "forward_kl") -> None:
+        self.model = model
+        self.names = trainable
+        self.loss = loss
+
+    def parameters(self) -> list[torch.Tensor]:
+        named = dict(self.model.named_parameters())
+        return [named[n] for n in self.names]
+
+    def grad_fn(self, examples: list[RequestExamples]) -> GradFn:
+        """The oracle for one round's examples: values -> (per-token mean divergence, gradients)."""
+        positions = sum(len(e.pred_index) for e in examples)
+
+        def evaluate(values: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+            leaves = [v.detach().requires_grad_(True) for v in values]
+            params = dict(zip(self.names, leaves, strict=True))
+            with torch.enable_grad():
+                total = torch.zeros(())
+                for ex in examples:
+                    logits = functional_call(
+                        self.model,
+                        params,
+                        args=(),
+                        kwargs={
+                            "input_ids": ex.context_ids[None],
+                            "logits_to_keep": torch.tensor(ex.pred_index),
+                            "use_cache": False,
+                        },
+                    ).logits[0]  # [P, V]
+                    total = total + divergence(
+                        logits, torch.stack(ex.top_ids), torch.stack(ex.top_probs), torch.tensor(ex.tail), self.loss
+                    )
+                loss = total / max(positions, 1)
+                grads = torch.autograd.grad(loss, leaves)
+            return float(loss.detach()), list(grads)
+
+        return evaluate

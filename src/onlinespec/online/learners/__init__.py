@@ -1,0 +1,53 @@
+"""Online learners of the draft's parameters (SPEC.md §2), and `make_learner` which builds one by name.
+
+Paper's learners: `static` (baseline, no update), `ogd`, `optimistic` (optimistic OGD), `ensemble` (Hedge over
+OGD experts). Ablations, NOT the paper's rules: `sgd-momentum`, `adamw`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from onlinespec.errors import UserError
+from onlinespec.online.learners.ablations import AdamWLearner, SGDMomentumLearner
+from onlinespec.online.learners.base import BaseLearner, GradFn, Learner, LearnerConfig
+from onlinespec.online.learners.ensemble import EnsembleLearner, hedge_weights
+from onlinespec.online.learners.ogd import OGDLearner
+from onlinespec.online.learners.optimistic import OptimisticLearner
+from onlinespec.online.learners.projection import clip_by_global_norm, global_norm, project, projected_step
+from onlinespec.online.learners.static import StaticLearner
+
+LEARNERS: dict[str, type[BaseLearner]] = {
+    cls.name: cls
+    for cls in (StaticLearner, OGDLearner, OptimisticLearner, EnsembleLearner, SGDMomentumLearner, AdamWLearner)
+}
+
+
+def make_learner(name: str, params: Iterable[torch.Tensor], cfg: LearnerConfig | None = None) -> Learner:
+    """Build the learner `name` over the live draft parameters `params` (their current values are w_0)."""
+    if name not in LEARNERS:
+        raise UserError(f"unknown learner '{name}': choose one of {', '.join(LEARNERS)}")
+    return LEARNERS[name](params, cfg if cfg is not None else LearnerConfig())
+
+
+__all__ = [
+    "LEARNERS",
+    "AdamWLearner",
+    "BaseLearner",
+    "EnsembleLearner",
+    "GradFn",
+    "Learner",
+    "LearnerConfig",
+    "OGDLearner",
+    "OptimisticLearner",
+    "SGDMomentumLearner",
+    "StaticLearner",
+    "clip_by_global_norm",
+    "global_norm",
+    "hedge_weights",
+    "make_learner",
+    "project",
+    "projected_step",
+]

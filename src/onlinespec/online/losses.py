@@ -1,0 +1,38 @@
+"""Per-token divergences between the target's p and the draft's q (SPEC.md §2).
+
+p is known only on its top-K ids plus a tail mass, so both distributions are compared on the coarsened space
+{top-K ids, everything else}: K+1 outcomes. With K = V (full p) this is the exact divergence. Forward KL(p||q)
+(the default) equals the cross-entropy to p up to a constant; reverse KL and JSD are the OSD options.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOSSES = ("forward_kl", "reverse_kl", "jsd")
+EPS = 1e-8
+
+
+def coarsened(draft_logits: torch.Tensor, top_ids: torch.Tensor, top_probs: torch.Tensor, tail: torch.Tensor):
+    """draft_logits [N, V], top_ids [N, K], top_probs [N, K], tail [N] -> (P, log P, Q, log Q), each [N, K+1]."""
+    log_q_all = draft_logits.float().log_softmax(dim=-1)
+    log_q_top = log_q_all.gather(-1, top_ids)
+    q_tail = (1.0 - log_q_top.exp().sum(-1)).clamp_min(EPS)
+    log_q = torch.cat([log_q_top, q_tail.log()[:, None]], dim=-1)
+    p = torch.cat([top_probs, tail[:, None]], dim=-1)
+    return p, p.clamp_min(EPS).log(), log_q.exp(), log_q
+
+
+def divergence(
+    draft_logits: torch.Tensor, top_ids: torch.Tensor, top_probs: torch.Tensor, tail: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """Summed (not averaged) divergence over the N positions; the caller normalises per token. Returns 0-dim."""
+    p, log_p, q, log_q = coarsened(draft_logits, top_ids, top_probs, tail)
+    if kind == "forward_kl":  # KL(p || q) = sum p (log p - log q)
+        return (p * (log_p - log_q)).sum()
+    if kind == "reverse_kl":  # KL(q || p)
+        return (q * (log_q - log_p)).sum()
+    if kind == "jsd":  # 0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2
+        log_m = ((p + q) / 2).clamp_min(EPS).log()
+        return 0.5 * (p * (log_p - log_m)).sum() + 0.5 * (q * (log_q - log_m)).sum()
+    raise ValueError(f"unknown loss '{kind}': choose one of {', '.join(LOSSES)}")
