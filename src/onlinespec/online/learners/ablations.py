@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
-from onlinespec.online.learners.base import BaseLearner, GradFn, LearnerConfig, assign, evaluate, restore, snapshot
+from onlinespec.online.learners.base import BaseLearner, GradFn, LearnerConfig, assign, restore, snapshot
 from onlinespec.online.learners.projection import project
 
 ADAMW_EPS = 1e-8  # torch.optim.AdamW's default
@@ -32,18 +32,17 @@ class SGDMomentumLearner(BaseLearner):
         self.buf = [torch.zeros_like(p) for p in self.params]
 
     def update(self, grad_fn: GradFn) -> dict:
-        cfg = self.cfg
-        first: tuple[float, float] | None = None
-        for _ in range(cfg.passes):
-            loss, grads, norm = evaluate(grad_fn, self.params, cfg.clip)
-            first = first or (loss, norm)
-            with torch.no_grad():
-                for b, g in zip(self.buf, grads, strict=True):
-                    b.mul_(cfg.momentum).add_(g)
-                stepped = [w - cfg.lr * b for w, b in zip(self.params, self.buf, strict=True)]
-                assign(self.params, project(stepped, self.w0, cfg.radius))
+        loss, norm = self.run_passes(grad_fn, self._momentum_step)
         self.round += 1
-        return {"round": self.round, "loss": first[0], "grad_norm": first[1]}
+        return {"round": self.round, "loss": loss, "grad_norm": norm}
+
+    @torch.no_grad()
+    def _momentum_step(self, grads: list[torch.Tensor]) -> None:
+        cfg = self.cfg
+        for b, g in zip(self.buf, grads, strict=True):
+            b.mul_(cfg.momentum).add_(g)
+        stepped = [w - cfg.lr * b for w, b in zip(self.params, self.buf, strict=True)]
+        assign(self.params, project(stepped, self.w0, cfg.radius))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "momentum_buffer": snapshot(self.buf)}
@@ -71,14 +70,9 @@ class AdamWLearner(BaseLearner):
         self.step = 0
 
     def update(self, grad_fn: GradFn) -> dict:
-        cfg = self.cfg
-        first: tuple[float, float] | None = None
-        for _ in range(cfg.passes):
-            loss, grads, norm = evaluate(grad_fn, self.params, cfg.clip)
-            first = first or (loss, norm)
-            self._adamw_step(grads)
+        loss, norm = self.run_passes(grad_fn, self._adamw_step)
         self.round += 1
-        return {"round": self.round, "loss": first[0], "grad_norm": first[1], "step": self.step}
+        return {"round": self.round, "loss": loss, "grad_norm": norm, "step": self.step}
 
     @torch.no_grad()
     def _adamw_step(self, grads: list[torch.Tensor]) -> None:

@@ -111,6 +111,16 @@ class BaseLearner:
     def update(self, grad_fn: GradFn) -> dict:
         raise NotImplementedError
 
+    def run_passes(self, grad_fn: GradFn, step: Callable[[list[torch.Tensor]], None]) -> tuple[float, float]:
+        """cfg.passes steps on one round's feedback, each re-evaluating the clipped gradient at the current params
+        and handing it to `step`. Returns (loss, grad norm) of the first evaluation, i.e. at the decision w_t."""
+        first: tuple[float, float] | None = None
+        for _ in range(self.cfg.passes):
+            loss, grads, norm = evaluate(grad_fn, self.params, self.cfg.clip)
+            first = first or (loss, norm)
+            step(grads)
+        return first
+
     def state_dict(self) -> dict:
         return {"learner": self.name, "round": self.round, "params": snapshot(self.params), "w0": snapshot(self.w0)}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onlinespec.online.learners.base import BaseLearner, GradFn, assign, evaluate
+from onlinespec.online.learners.base import BaseLearner, GradFn, assign
 from onlinespec.online.learners.projection import projected_step
 
 
@@ -17,10 +17,8 @@ class OGDLearner(BaseLearner):
 
     def update(self, grad_fn: GradFn) -> dict:
         cfg = self.cfg
-        first: tuple[float, float] | None = None
-        for _ in range(cfg.passes):
-            loss, grads, norm = evaluate(grad_fn, self.params, cfg.clip)
-            first = first or (loss, norm)
-            assign(self.params, projected_step(self.params, grads, cfg.lr, self.w0, cfg.radius))
+        loss, norm = self.run_passes(
+            grad_fn, lambda grads: assign(self.params, projected_step(self.params, grads, cfg.lr, self.w0, cfg.radius))
+        )
         self.round += 1
-        return {"round": self.round, "loss": first[0], "grad_norm": first[1]}
+        return {"round": self.round, "loss": loss, "grad_norm": norm}
