@@ -11,7 +11,7 @@ from dataclasses import replace
 from onlinespec.errors import UserError
 
 EXIT_USER_ERROR = 2
-LEARNING_RATE = 0.1  # OGD step on the clipped gradient; 1.0 diverged on the embedded model (README)
+LEARNING_RATE = 0.1  # OGD step on the clipped gradient; 1.0 was unstable on the embedded model (README)
 
 
 def build_parser() -> argparse.ArgumentParser:
