@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.decoding.tree import TreeConfig, check_tree_sampling
 from onlinespec.errors import UserError
 
 
@@ -17,12 +18,14 @@ class GenerationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 0
     stop: tuple[str, ...] = ()
+    tree: TreeConfig = field(default_factory=TreeConfig)  # chain (default) or a static/dynamic draft tree
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise UserError(f"k (drafted tokens per step) must be >= 1, got {self.k}")
         if self.max_new_tokens < 1:
             raise UserError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+        check_tree_sampling(self.tree, self.sampling.greedy)
 
     def generator(self) -> torch.Generator | None:
         """A seeded CPU generator for sampling; None when greedy (nothing random happens)."""

@@ -31,6 +31,9 @@ class FeedbackRecord:
     draft_probs: torch.Tensor | None  # [k, V] processed q (sampling only)
     num_accepted: int  # drafted tokens accepted (0..k); position num_accepted carries the correction/bonus
     target_hidden_states: tuple[torch.Tensor, ...] | None  # per layer [k+1, d], only if the draft asked
+    # [first_position + 1 + num_accepted, d]: the target's last-layer features of every committed position that
+    # has one (all but the newest token), for drafts that draft from them; None otherwise.
+    context_features: torch.Tensor | None = None
 
 
 FeedbackListener = Callable[[FeedbackRecord], None]

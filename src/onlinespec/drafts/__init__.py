@@ -1,13 +1,15 @@
 """Draft kinds behind one protocol (`Draft`), and `make_draft` which builds one from a spec string.
 
-Specs: `layerskip:N` (the target's first N layers), `none` (plain autoregressive decoding), or any model spec
-(`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the target's tokenizer.
+Specs: `layerskip:N` (the target's first N layers), `eagle[:DIR]` (a feature-level head, fresh or warmed up by
+`onlinespec warmup`), `none` (plain autoregressive decoding), or any model spec (`smollm2-135m`, a directory, a
+.gguf file, a hub id) for an independent draft LM with the target's tokenizer.
 """
 
 from __future__ import annotations
 
 from onlinespec.drafts.base import Draft, Proposal
 from onlinespec.drafts.causal_lm import CausalLMDraft
+from onlinespec.drafts.heads import HEAD_KINDS, make_head_draft
 from onlinespec.drafts.independent import check_same_tokenizer
 from onlinespec.drafts.layerskip import build_layerskip_model
 from onlinespec.errors import UserError
@@ -24,6 +26,8 @@ def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft 
     """Build the draft named by `spec` for `target`; None for `none` (autoregressive)."""
     if spec == "none":
         return None
+    if spec.partition(":")[0] in HEAD_KINDS:
+        return make_head_draft(spec, target.model)
     if spec.startswith("layerskip:"):
         value = spec.split(":", 1)[1]
         if not value.isdigit():

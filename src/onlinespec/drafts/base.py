@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.decoding.tree import TreeConfig, TreeProposal
 
 
 @dataclass
@@ -26,15 +27,21 @@ class Draft(Protocol):
     """A proposer of k tokens that keeps its own state across the steps of one request."""
 
     name: str
-    wants_target_hidden: bool  # ask the engine to keep the target's hidden states in feedback records
+    wants_target_hidden: bool  # the draft drafts from the target's last-layer features (EAGLE, Medusa, Hydra)
+    supports_tree: bool  # implements propose_tree
 
-    def begin(self, prompt_ids: torch.Tensor) -> None:
-        """Start a new request. prompt_ids: LongTensor [T]."""
+    def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        """Start a new request. prompt_ids: LongTensor [T]; features [T, d] (only if wants_target_hidden)."""
 
     def propose(
         self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
     ) -> Proposal:
         """Draft k tokens continuing the committed sequence ids: LongTensor [L]."""
 
-    def commit(self, num_accepted: int) -> None:
-        """The target accepted the first `num_accepted` drafted tokens; roll internal state back to match."""
+    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
+        """Draft a greedy candidate tree (decoding/tree.py) of depth <= max_depth continuing ids [L]."""
+
+    def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
+        """The target accepted `num_accepted` drafted tokens (along the chain, or a tree path); roll internal
+        state back to match. features [num_accepted + 1, d]: the target's features of the newly committed
+        positions that have one (only if wants_target_hidden)."""

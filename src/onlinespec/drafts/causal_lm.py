@@ -14,6 +14,7 @@ class CausalLMDraft:
     """Chain drafting with its own KV cache, rolled back to the accepted prefix after every verify step."""
 
     wants_target_hidden = False
+    supports_tree = False
 
     def __init__(
         self, model: torch.nn.Module, target_vocab_size: int, name: str, trainable: list[str] | None = None
@@ -28,7 +29,7 @@ class CausalLMDraft:
         self._base_len = 0  # length of the committed sequence at the last propose
         self._k = 0
 
-    def begin(self, prompt_ids: torch.Tensor) -> None:
+    def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
         self.cache = new_cache(self.model)
         self.cached_len = 0
 
@@ -65,6 +66,19 @@ class CausalLMDraft:
             probs=torch.stack(probs) if probs else None,
         )
 
-    def commit(self, num_accepted: int) -> None:
+    # --- training (online/draft_objective.py) ----------------------------------------------------------------
+    def example_terms(self, call, ex) -> list[tuple[float, torch.Tensor, list[int]]]:
+        """One request's training terms: [(weight, logits [P, Vd] at its positions, rows 0..P-1)].
+
+        call(**kwargs) runs the (training copy of the) model with the learner's parameters."""
+        logits = call(input_ids=ex.context_ids[None], logits_to_keep=torch.tensor(ex.pred_index), use_cache=False)
+        return [(1.0, logits.logits[0], list(range(len(ex.pred_index))))]
+
+    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """Target token ids -> the draft's own logit columns; -1 where the draft's vocabulary lacks them."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        return target_ids.masked_fill(target_ids >= vocab, -1)
+
+    def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
         self.cached_len = self._base_len + min(num_accepted, self._k - 1)
         rollback(self.cache, self.cached_len)

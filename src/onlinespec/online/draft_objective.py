@@ -1,7 +1,8 @@
 """The round's loss l_t(w) of a draft as a function of its trainable parameters: the learners' gradient oracle.
 
-It runs the DRAFT only (teacher-forced over each request's committed tokens, one forward per request) against the
-target distributions stored from verification: the target model is never called here.
+It runs the DRAFT only (teacher-forced over each request's committed tokens, one forward per request; head drafts
+also over the target features stored with them) against the target distributions stored from verification: the
+target model is never called here.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ def training_copy(model: torch.nn.Module, trainable: list[str]) -> torch.nn.Modu
 
 
 class DraftObjective:
-    def __init__(self, model: torch.nn.Module, trainable: list[str], loss: str = "forward_kl") -> None:
+    """model: a training copy of draft.model; the draft says how an example becomes logits (`example_terms`)."""
+
+    def __init__(self, draft, model: torch.nn.Module, loss: str = "forward_kl") -> None:
+        self.draft = draft
         self.model = model
-        self.names = trainable
+        self.names = draft.trainable
         self.loss = loss
 
     def parameters(self) -> list[torch.Tensor]:
@@ -48,20 +52,17 @@ class DraftObjective:
             params = dict(zip(self.names, leaves, strict=True))
             with torch.enable_grad():
                 total = torch.zeros(())
+
+                def call(**kwargs):
+                    return functional_call(self.model, params, args=(), kwargs=kwargs)
+
                 for ex in examples:
-                    logits = functional_call(
-                        self.model,
-                        params,
-                        args=(),
-                        kwargs={
-                            "input_ids": ex.context_ids[None],
-                            "logits_to_keep": torch.tensor(ex.pred_index),
-                            "use_cache": False,
-                        },
-                    ).logits[0]  # [P, V]
-                    total = total + divergence(
-                        logits, torch.stack(ex.top_ids), torch.stack(ex.top_probs), torch.tensor(ex.tail), self.loss
-                    )
+                    for weight, logits, rows in self.draft.example_terms(call, ex):
+                        # logits [P, Vd] for the examples' positions `rows`; top ids mapped into the draft vocab
+                        top_ids = self.draft.draft_ids(torch.stack([ex.top_ids[r] for r in rows]))
+                        top_probs = torch.stack([ex.top_probs[r] for r in rows])
+                        tail = torch.tensor([ex.tail[r] for r in rows])
+                        total = total + weight * divergence(logits, top_ids, top_probs, tail, self.loss)
                 loss = total / max(positions, 1)
                 grads = torch.autograd.grad(loss, leaves)
             return float(loss.detach()), list(grads)

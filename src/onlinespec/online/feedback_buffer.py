@@ -5,7 +5,8 @@ For each verify step that accepted n of k drafts, the positions whose context is
 `positions="mismatch"` only on the first rejected position (OSD). The target distribution p is kept as its top-K
 entries plus the remaining tail mass: memory per position = K * 12 bytes (int64 id + fp32 prob) + 4 bytes, e.g.
 780 bytes for K = 64; K = 0 keeps the full distribution (V * 12 bytes, 590 KB for a 49k vocabulary).
-Contexts are stored once per request (the longest committed prefix seen), not once per position.
+Contexts are stored once per request (the longest committed prefix seen), not once per position; so are the
+target's features of the committed positions when the draft is a head (d * 4 bytes per token).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class RequestExamples:
     top_ids: list[torch.Tensor] = field(default_factory=list)  # each LongTensor [K]
     top_probs: list[torch.Tensor] = field(default_factory=list)  # each float32 [K]
     tail: list[float] = field(default_factory=list)  # target mass outside the kept ids
+    features: torch.Tensor | None = None  # [L', d] target features of committed positions (head drafts only)
 
 
 class FeedbackBuffer:
@@ -67,6 +69,9 @@ class FeedbackBuffer:
             entry = self.requests[record.request_id] = RequestExamples(committed.clone())
         elif committed.numel() > entry.context_ids.numel():
             entry.context_ids = committed.clone()
+        features = record.context_features
+        if features is not None and (entry.features is None or features.shape[0] > entry.features.shape[0]):
+            entry.features = features.clone()
         for j, row in enumerate(rows):
             entry.pred_index.append(record.first_position + row)
             entry.top_ids.append(top_ids[j].clone())
@@ -103,4 +108,5 @@ def _ordinary(r: RequestExamples) -> RequestExamples:
         top_ids=[t.clone() for t in r.top_ids],
         top_probs=[t.clone() for t in r.top_probs],
         tail=r.tail,
+        features=None if r.features is None else r.features.clone(),
     )

@@ -14,9 +14,17 @@ EPS = 1e-8
 
 
 def coarsened(draft_logits: torch.Tensor, top_ids: torch.Tensor, top_probs: torch.Tensor, tail: torch.Tensor):
-    """draft_logits [N, V], top_ids [N, K], top_probs [N, K], tail [N] -> (P, log P, Q, log Q), each [N, K+1]."""
+    """draft_logits [N, Vd], top_ids [N, K], top_probs [N, K], tail [N] -> (P, log P, Q, log Q), each [N, K+1].
+
+    top_ids index the draft's vocabulary; -1 marks a token the draft cannot produce (a reduced draft vocabulary,
+    or a -inf logit): its p mass joins the tail bucket, where the draft's q is what it puts outside the kept ids.
+    """
     log_q_all = draft_logits.float().log_softmax(dim=-1)
-    log_q_top = log_q_all.gather(-1, top_ids)
+    log_q_top = log_q_all.gather(-1, top_ids.clamp_min(0))
+    impossible = (top_ids < 0) | torch.isneginf(log_q_top)
+    log_q_top = log_q_top.masked_fill(impossible, -1e4)  # q = 0 there (exp underflows), gradient-free
+    tail = tail + top_probs.masked_fill(~impossible, 0.0).sum(-1)
+    top_probs = top_probs.masked_fill(impossible, 0.0)
     q_tail = (1.0 - log_q_top.exp().sum(-1)).clamp_min(EPS)
     log_q = torch.cat([log_q_top, q_tail.log()[:, None]], dim=-1)
     p = torch.cat([top_probs, tail[:, None]], dim=-1)

@@ -20,7 +20,6 @@ import torch
 
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
-from onlinespec.drafts.causal_lm import CausalLMDraft
 from onlinespec.errors import UserError
 from onlinespec.online.draft_objective import DraftObjective, training_copy
 from onlinespec.online.feedback_buffer import FeedbackBuffer
@@ -81,8 +80,8 @@ class OnlineLearning:
 
     def __init__(self, engine: SpeculativeEngine, cfg: OnlineConfig) -> None:
         draft = engine.draft
-        if not isinstance(draft, CausalLMDraft):
-            raise UserError(f"online learning does not support draft '{getattr(draft, 'name', draft)}' yet")
+        if not hasattr(draft, "example_terms"):
+            raise UserError(f"online learning does not support draft '{getattr(draft, 'name', draft)}'")
         self.cfg = cfg
         self.draft = draft
         # The static baseline decodes without learning: no buffer, no update, zero update time.
@@ -92,7 +91,7 @@ class OnlineLearning:
             engine.add_listener(self.buffer.add)
         named_live = dict(draft.model.named_parameters())
         self.live = [named_live[n] for n in draft.trainable]
-        self.objective = DraftObjective(training_copy(draft.model, draft.trainable), draft.trainable, cfg.loss)
+        self.objective = DraftObjective(draft, training_copy(draft.model, draft.trainable), cfg.loss)
         self.learner = make_learner(cfg.learner, self.objective.parameters(), cfg.learner_cfg)
         self.round = 0
         self.counters = RoundCounters()

@@ -1,0 +1,281 @@
+"""EAGLE-style draft head (SPEC.md §3) and the draft that decodes with it, as a chain or a tree.
+
+Head step at position t: concat(f_t, e(x_{t+1})) [2d] -> fc -> one decoder layer of the target's family -> the
+target's frozen final norm + LM head -> a distribution over x_{t+2}. f_t is the target's last-layer feature at
+t for committed positions, and the head's own output g_t (its guess of f_{t+1}) while drafting ahead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from onlinespec.decoding.kv_cache import rollback
+from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
+from onlinespec.decoding.tree import TreeConfig, TreeProposal, additive_mask, static_tree_shape
+from onlinespec.drafts.base import Proposal
+from onlinespec.drafts.head_parts import (
+    DraftVocab,
+    causal_mask,
+    decoder_of,
+    head_example_terms,
+    init_linear_weights,
+)
+
+
+class EagleHead(nn.Module):
+    """Trainable: `fc` and `layer`. Shared with the target and frozen: embed, norm, rotary, the LM head."""
+
+    kind = "eagle"
+    layout_keys: tuple[str, ...] = ()  # constructor settings stored in config.json (none for EAGLE-1)
+
+    def __init__(self, target: nn.Module, vocab_ids: torch.Tensor | None = None) -> None:
+        super().__init__()
+        # Training-time unrolling (EAGLE-3's "training-time test"): pass i > 0 feeds the head its own outputs of
+        # pass i-1 as features, as drafting ahead does; pass i's loss is weighted 0.8^i.
+        self.unroll = 1
+        config = target.config
+        base = decoder_of(target)
+        d = config.hidden_size
+        self.fc = nn.Linear(2 * d, d, bias=False)
+        self.layer = type(base.layers[0])(config, layer_idx=0)
+        init_linear_weights(self, getattr(config, "initializer_range", 0.02))
+        self.layer.to(dtype=base.norm.weight.dtype)
+        self.fc.to(dtype=base.norm.weight.dtype)
+        self.embed = target.get_input_embeddings()
+        self.norm = base.norm
+        self.rotary = base.rotary_emb
+        self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if n.startswith(("fc.", "layer."))]
+
+    def store_config(self) -> dict:
+        """Layout settings saved beside the weights (drafts/head_store.py); EAGLE-1 has none."""
+        return {}
+
+    def step(self, features, next_ids, positions, cache=None, mask=None) -> torch.Tensor:
+        """features [B, q, d], next_ids [B, q], positions [B, q] -> head outputs g [B, q, d] (pre-norm)."""
+        with torch.no_grad():
+            embedded = self.embed(next_ids)  # frozen: no gradient flows into the target's embeddings
+        x = self.fc(torch.cat([features, embedded], dim=-1))
+        return self.layer(
+            x,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            position_embeddings=self.rotary(x, positions),
+        )
+
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """g [..., d] -> logits [..., Vd] over the draft vocabulary."""
+        return self.vocab.logits(self.norm(hidden))
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Output i at step t matches the target's p at position t + offsets[i] (every pass predicts x_{t+2})."""
+        return (1,) * self.unroll
+
+    @property
+    def loss_weights(self) -> tuple[float, ...]:
+        return tuple(0.8**i for i in range(self.unroll))
+
+    def forward(self, features: torch.Tensor, next_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher-forced training pass. features [B, T, d] = f_0..f_{T-1}; next_ids [B, T] = x_1..x_T.
+
+        Returns `unroll` tensors [B, T, Vd]: row t predicts x_{t+2}, i.e. matches the target's p at t + 1.
+        """
+        length = features.shape[1]
+        positions = torch.arange(length)[None].expand(features.shape[0], -1)
+        mask = causal_mask(length, features.dtype)
+        outputs = []
+        for _ in range(self.unroll):
+            hidden = self.step(features, next_ids, positions, mask=mask)
+            outputs.append(self.draft_logits(hidden))
+            # next pass: step t sees the head's own estimate g_{t-1} of f_t (step 0 keeps the real f_0)
+            features = torch.cat([features[:, :1], hidden[:, :-1]], dim=1)
+        return outputs
+
+
+class EagleDraft:
+    """Drafts with an EagleHead and its own small KV cache.
+
+    The cache holds the head's entries for committed positions 0..fed-1 (fed with the target's real features);
+    entries drafted ahead are dropped at every commit, and the next propose first feeds the real features the
+    verify pass produced (`pending`).
+    """
+
+    wants_target_hidden = True
+    supports_tree = True
+
+    def __init__(self, head: EagleHead, name: str) -> None:
+        self.model = head
+        self.name = name
+        self.trainable = head.trainable_names()
+        self.cache: DynamicCache | None = None
+        self.fed = 0
+        self.pending: torch.Tensor | None = None  # [m, d] real features of positions fed .. fed+m-1
+
+    def example_terms(self, call, ex):
+        return head_example_terms(self.model, call, ex)
+
+    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.vocab.to_draft_ids(target_ids)
+
+    # --- request state --------------------------------------------------------------------------------------
+    def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        if features is None:
+            raise ValueError("an EAGLE draft needs the target's features (the engine passes them)")
+        self.cache = DynamicCache()
+        self.fed = 0
+        self.pending = features
+
+    def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
+        rollback(self.cache, self.fed)  # drop everything drafted ahead: real features replace it
+        self.pending = features if self.pending is None else torch.cat([self.pending, features])
+
+    def _feed_pending(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed (f_t, x_{t+1}) for every pending real feature; returns g of the newest position, [d]."""
+        m = self.pending.shape[0]
+        if self.fed + m != ids.shape[0] - 1:
+            raise RuntimeError(f"EAGLE draft out of step: {self.fed}+{m} features for {ids.shape[0]} tokens")
+        t = torch.arange(self.fed, self.fed + m)
+        mask = None
+        if m > 1:
+            mask = additive_mask(torch.ones(m, m, dtype=torch.bool).tril(), self.fed, self.pending.dtype)
+        hidden = self.model.step(self.pending[None], ids[t + 1][None], t[None], self.cache, mask)
+        self.fed += m
+        self.pending = None
+        return hidden[0, -1]
+
+    # --- chain ------------------------------------------------------------------------------------------------
+    def propose(
+        self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
+    ) -> Proposal:
+        """ids [L] committed tokens -> k drafted tokens, each from the head's own previous output."""
+        head = self.model
+        hidden = self._feed_pending(ids)
+        position = ids.shape[0] - 1
+        tokens, logits, probs = [], [], []
+        for i in range(k):
+            step_logits = head.vocab.to_target(head.draft_logits(hidden))  # [V]
+            if sampling.greedy:
+                token = step_logits.argmax(dim=-1, keepdim=True)
+            else:
+                q = probs_from_logits(step_logits[None], sampling)
+                token = sample(q, generator)
+                probs.append(q[0])
+            tokens.append(token)
+            logits.append(step_logits)
+            if i < k - 1:
+                hidden = head.step(hidden[None, None], token[None], torch.tensor([[position + i]]), self.cache)[0, -1]
+        return Proposal(
+            tokens=torch.cat(tokens), logits=torch.stack(logits), probs=torch.stack(probs) if probs else None
+        )
+
+    # --- tree -------------------------------------------------------------------------------------------------
+    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
+        """A greedy candidate tree (static shape or EAGLE-2 dynamic), drafted one depth level per head forward."""
+        builder = _TreeBuilder(self, ids)
+        if tree.kind == "static":
+            return builder.static(static_tree_shape(tree.static_nodes, max_depth))
+        return builder.dynamic(max_depth, tree.top_k, tree.total_tokens)
+
+
+class _TreeBuilder:
+    """Grows a draft tree level by level; each level's expanded nodes go through the head in one forward, each
+    attending to the committed cache entries, its ancestors and itself."""
+
+    def __init__(self, draft: EagleDraft, ids: torch.Tensor) -> None:
+        self.draft = draft
+        self.head = draft.model
+        self.root_hidden = draft._feed_pending(ids)
+        self.root_position = ids.shape[0] - 1  # position of the first drafted token
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depth: list[int] = []
+        self.score: list[float] = []  # log-probability of the path under the draft
+        self.logits_of: list[torch.Tensor] = []  # per node: its parent's full-vocabulary draft logits [V]
+        self.slot: dict[int, int] = {}  # node -> its index in the head's cache, once expanded
+        self.hidden: dict[int, torch.Tensor] = {}
+
+    def _children_logits(self, nodes: list[int]) -> list[torch.Tensor]:
+        """Expand `nodes` (-1 = root): run them through the head, return each one's next-token logits [V]."""
+        if nodes == [-1]:
+            return [self.head.vocab.to_target(self.head.draft_logits(self.root_hidden))]
+        cache = self.draft.cache
+        past = cache.get_seq_length()
+        visible = torch.zeros(len(nodes), past + len(nodes), dtype=torch.bool)
+        visible[:, : self.draft.fed] = True
+        for row, node in enumerate(nodes):
+            visible[row, past + row] = True
+            ancestor = self.parents[node]
+            while ancestor >= 0:
+                visible[row, self.slot[ancestor]] = True
+                ancestor = self.parents[ancestor]
+        features = torch.stack([self.hidden.get(self.parents[n], self.root_hidden) for n in nodes])
+        tokens = torch.tensor([self.tokens[n] for n in nodes])
+        positions = torch.tensor([self.root_position + self.depth[n] - 1 for n in nodes])
+        dtype = features.dtype
+        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+        out = self.head.step(features[None], tokens[None], positions[None], cache, mask)[0]  # [q, d]
+        for row, node in enumerate(nodes):
+            self.slot[node] = past + row
+            self.hidden[node] = out[row]
+        return list(self.head.vocab.to_target(self.head.draft_logits(out)))
+
+    def _add(self, parent: int, token: int, logits: torch.Tensor, logp: float) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
+        self.score.append((self.score[parent] if parent >= 0 else 0.0) + logp)
+        self.logits_of.append(logits)
+        return len(self.tokens) - 1
+
+    def static(self, shape: list[tuple[int, ...]]) -> TreeProposal:
+        """shape: paths of child ranks in breadth-first order (decoding/tree.py: static_tree_shape)."""
+        node_of: dict[tuple[int, ...], int] = {(): -1}
+        for depth in range(1, max(len(p) for p in shape) + 1):
+            level = [p for p in shape if len(p) == depth]
+            parents = sorted({node_of[p[:-1]] for p in level})
+            for parent, logits in zip(parents, self._children_logits(parents), strict=True):
+                logp = logits.float().log_softmax(-1)
+                ranked = logits.topk(max(p[-1] for p in level) + 1).indices.tolist()
+                for path in (p for p in level if node_of[p[:-1]] == parent):
+                    token = ranked[path[-1]]
+                    node_of[path] = self._add(parent, token, logits, float(logp[token]))
+        return self._proposal(list(range(len(self.tokens))))
+
+    def dynamic(self, max_depth: int, top_k: int, total_tokens: int) -> TreeProposal:
+        """EAGLE-2: expand the top_k most probable nodes of each level by their top_k children; keep the
+        total_tokens nodes of highest path probability (a parent always outscores its children)."""
+        frontier = [-1]
+        for _ in range(max_depth):
+            level = []
+            for parent, logits in zip(frontier, self._children_logits(frontier), strict=True):
+                logp = logits.float().log_softmax(-1)
+                top = logp.topk(top_k)
+                for value, token in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                    level.append(self._add(parent, token, logits, value))
+            frontier = sorted(level, key=lambda n: -self.score[n])[:top_k]
+        order = sorted(range(len(self.tokens)), key=lambda n: (-self.score[n], self.depth[n]))
+        kept: list[int] = []
+        chosen: set[int] = set()
+        for node in order:
+            if len(kept) == total_tokens:
+                break
+            if self.parents[node] < 0 or self.parents[node] in chosen:
+                kept.append(node)
+                chosen.add(node)
+        return self._proposal(sorted(kept, key=lambda n: (self.depth[n], n)))
+
+    def _proposal(self, nodes: list[int]) -> TreeProposal:
+        """Renumber the chosen nodes 0..N-1 in breadth-first order."""
+        new_index = {node: i for i, node in enumerate(nodes)}
+        return TreeProposal(
+            tokens=torch.tensor([self.tokens[n] for n in nodes], dtype=torch.long),
+            parents=[new_index[self.parents[n]] if self.parents[n] >= 0 else -1 for n in nodes],
+            logits=torch.stack([self.logits_of[n] for n in nodes]),
+        )

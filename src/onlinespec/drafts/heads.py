@@ -1,0 +1,55 @@
+"""Feature-level head drafts by kind: build a fresh head for a target, or load a warmed-up one from a directory.
+
+Specs: `eagle` (a fresh, untrained head) or `eagle:DIR` (a head saved by `onlinespec warmup`); the same for the
+other head kinds registered in HEAD_KINDS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from onlinespec.drafts.eagle import EagleDraft, EagleHead
+from onlinespec.drafts.head_store import VOCAB_KEY, load_into, read_head
+from onlinespec.errors import UserError
+
+# kind -> (head module class, draft class). Each head class takes (target, vocab_ids, **store_config).
+HEAD_KINDS: dict[str, tuple[type[nn.Module], type]] = {"eagle": (EagleHead, EagleDraft)}
+
+
+def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = None, **layout) -> nn.Module:
+    if kind not in HEAD_KINDS:
+        raise UserError(f"unknown head kind '{kind}': choose one of {', '.join(HEAD_KINDS)}")
+    head_cls, _ = HEAD_KINDS[kind]
+    return head_cls(target, vocab_ids, **layout)
+
+
+def load_head(directory: str | Path, target: nn.Module, kind: str | None = None) -> nn.Module:
+    """The head saved in `directory`, attached to `target` (whose frozen parts it shares)."""
+    config, tensors = read_head(directory)
+    saved_kind = config.get("kind")
+    if kind is not None and saved_kind != kind:
+        raise UserError(f"'{directory}' holds a {saved_kind} head, not {kind}: use --draft {saved_kind}:{directory}")
+    target_vocab = target.get_output_embeddings().weight.shape[0]
+    if config.get("hidden_size") != target.config.hidden_size or config.get("target_vocab_size") != target_vocab:
+        raise UserError(
+            f"the head in '{directory}' was trained for a target with hidden size {config.get('hidden_size')} and "
+            f"vocabulary {config.get('target_vocab_size')}; this target has {target.config.hidden_size} and "
+            f"{target_vocab}: warm up a head for it with `onlinespec warmup`"
+        )
+    head_cls = HEAD_KINDS.get(saved_kind, (None,))[0]
+    if head_cls is None:
+        raise UserError(f"'{directory}' holds an unknown head kind '{saved_kind}'")
+    layout = {key: config[key] for key in head_cls.layout_keys if key in config}
+    head = build_head(saved_kind, target, tensors.get(VOCAB_KEY), **layout)
+    load_into(head, tensors, str(directory))
+    return head.eval()
+
+
+def make_head_draft(spec: str, target: nn.Module):
+    """`kind` (fresh head) or `kind:DIR` (saved head) -> a draft object implementing the Draft protocol."""
+    kind, _, where = spec.partition(":")
+    head = load_head(where, target, kind) if where else build_head(kind, target).eval()
+    return HEAD_KINDS[head.kind][1](head, name=spec)
