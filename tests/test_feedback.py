@@ -70,4 +70,5 @@ def test_hidden_states_are_computed_only_for_drafts_that_draft_from_them(monkeyp
     wanting = draft_of(target, 96)
     wanting.wants_target_hidden = True  # a feature-level draft needs them even when nobody listens
     run_spec(SpeculativeEngine(target, wanting), torch.arange(6), GenerationConfig(max_new_tokens=12, k=2))
-    assert seen_flags and all(seen_flags)
+    engine_calls = [flag for flag in seen_flags if flag is not None]  # None: the draft's own calls of the model
+    assert engine_calls and all(engine_calls)
