@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", action="store_true", help="use the prompt as raw text, no chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     add_learning_flags(gen)
+    from onlinespec.warmup.command import add_warmup_parser
+
+    add_warmup_parser(commands)
     return parser
 
 
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "warmup":
+            from onlinespec.warmup.command import cmd_warmup
+
+            return cmd_warmup(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
