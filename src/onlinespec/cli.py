@@ -1,4 +1,4 @@
-"""Command line: `onlinespec generate "PROMPT"`. Thin: parses flags and calls the library."""
+"""Command line: `onlinespec generate "PROMPT"`, `onlinespec bench`. Thin: parses flags and calls the library."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", action="store_true", help="use the prompt as raw text, no chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     add_learning_flags(gen)
+    from onlinespec.bench.command import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "bench":
+            from onlinespec.bench.command import cmd_bench
+
+            return cmd_bench(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
