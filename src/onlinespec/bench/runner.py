@@ -30,8 +30,10 @@ from onlinespec.online.learners import LEARNERS
 from onlinespec.online.session import OnlineConfig
 from onlinespec.pipeline import Pipeline
 
+WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up costs don't land on the first method
 REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
 METHODS = (REFERENCE, *LEARNERS)
+_PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
 # Fields of the online session's round record that the benchmark's own round record replaces.
 _SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}
 
@@ -71,8 +73,12 @@ class BenchSettings:
             )
 
     def to_dict(self) -> dict:
-        """JSON-ready (tuples as lists), so a saved copy compares equal to a fresh one."""
-        return json.loads(json.dumps(asdict(self)))
+        """JSON-ready (tuples as lists), so a saved copy compares equal to a fresh one. The online fields that the
+        benchmark sets per method (learner, round, state and telemetry) are left out."""
+        out = json.loads(json.dumps(asdict(self)))
+        for name in _PER_METHOD:
+            out["online"].pop(name)
+        return out
 
 
 def check_methods(methods: tuple[str, ...]) -> None:
@@ -195,15 +201,21 @@ class BenchRunner:
         self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
         torch.manual_seed(s.seed)
         target = load_model(s.target, s.dtype)
-        pipes = {m: self._pipeline(m, target) for m in s.methods}
+        first = encode_prompt(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
+        pipes = {m: self._pipeline(m, target, first) for m in s.methods}
         self._decode(pipes, target)
         return self.progress
 
-    def _pipeline(self, method: str, target: LoadedModel) -> Pipeline:
+    def _pipeline(self, method: str, target: LoadedModel, warmup_ids: torch.Tensor) -> Pipeline:
+        """The method's pipeline, after one untimed request (before learning is attached: it teaches nothing)."""
         s = self.settings
+        warmup = GenerationConfig(max_new_tokens=WARMUP_TOKENS, k=s.k)
         if method == REFERENCE:
-            return Pipeline(target, None)
+            pipe = Pipeline(target, None)
+            pipe.start(warmup_ids, warmup, mode="ar").result()
+            return pipe
         pipe = Pipeline(target, make_draft(s.draft, target, s.dtype))
+        pipe.start(warmup_ids, warmup, mode="spec").result()
         learns = method != "static"  # static never changes its draft: nothing to save or restore
         saved_round = int(self.progress["state_rounds"].get(method, 0))
         state_dir = self.checkpoint.prepare_state(method, saved_round) if learns else None
