@@ -155,6 +155,8 @@ def test_custom_jsonl_stream_reads_prompts_and_chat_messages(setup) -> None:
     assert prompts[0].messages == (("user", "the cat sat on mat"),)
     assert prompts[1].chat() == [{"role": "user", "content": prompts[1].text}]
     assert len(load_prompts(str(setup / "prompts.jsonl"), num_prompts=3).online) == 3
+    with pytest.raises(UserError, match="is a folder: give a .jsonl file"):
+        load_prompts(str(setup))
 
 
 @pytest.mark.parametrize(

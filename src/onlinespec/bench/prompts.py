@@ -285,6 +285,8 @@ def load_prompts(
     if path.is_file():
         prompts = load_prompt_file(path, field)
         name = path.name
+    elif path.exists():
+        raise UserError(f"--prompts '{source}' is a folder: give a .jsonl file")
     elif path.suffix in (".jsonl", ".json", ".txt", ".gz") or source.startswith((".", "/", "~")):
         raise UserError(f"prompt file '{source}' does not exist")
     else:
