@@ -241,3 +241,14 @@ def test_cli_bad_jsonl_line_exits_2_naming_the_line(tmp_path) -> None:
     assert proc.returncode == 2
     assert f"{path} line 3: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()  # nothing written for a run that never started
+
+
+def test_two_runs_cannot_write_one_folder(tmp_path) -> None:
+    from onlinespec.bench.checkpoint import Checkpoint
+
+    first = Checkpoint(tmp_path / "run")
+    first.start({"settings": {}}, resume=False)
+    with pytest.raises(UserError, match="another onlinespec bench is writing to"):
+        Checkpoint(tmp_path / "run").start({"settings": {}}, resume=False)
+    first.release()
+    assert Checkpoint(tmp_path / "run").start({"settings": {}}, resume=False)["done"] == 0

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from onlinespec.bench.prompts import Stream
-    from onlinespec.bench.runner import BenchSettings
+    from onlinespec.bench.runner import BenchRunner, BenchSettings
 
 
 def run_bench(
@@ -32,11 +32,18 @@ def run_bench(
     show_progress: bool = True,
 ) -> dict:
     """Run (or, with resume, continue) a benchmark and write its outputs into `out`; returns results.json's content."""
-    from onlinespec.bench.results import environment, summarise, write_outputs
     from onlinespec.bench.runner import BenchRunner
 
     runner = BenchRunner(settings, stream, out, resume=resume, on_round=on_round, show_progress=show_progress)
-    progress = runner.run()
+    try:
+        return _finish(runner, settings, stream, out, runner.run())
+    finally:
+        runner.checkpoint.release()
+
+
+def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: str | Path, progress: dict) -> dict:
+    from onlinespec.bench.results import environment, summarise, write_outputs
+
     config = {
         "settings": settings.to_dict(),
         "stream": stream.name,

@@ -28,6 +28,7 @@ class Checkpoint:
         self.out = Path(out)
         self.dir = self.out / "checkpoint"
         self.progress_path = self.dir / "progress.json"
+        self._lock = None  # open file holding an exclusive lock while this process writes the run
 
     def start(self, key: dict, resume: bool) -> dict:
         """The progress to continue from: a fresh one, or (resume) the saved one after checking it was made with the
@@ -35,14 +36,22 @@ class Checkpoint:
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out '{self.out}' is a file, not a folder")
         saved = self.load()
+        if not resume and saved is None:
+            self.acquire()
+            return {
+                "format": FORMAT,
+                **key,
+                "done": 0,
+                "rounds": [],
+                "outputs": {},
+                "state_rounds": {},
+                "elapsed_s": 0.0,
+                "sessions": 0,
+            }
         if not resume:
-            if saved is not None:
-                raise UserError(
-                    f"'{self.out}' already holds a benchmark run: add --resume to continue it, or choose another --out"
-                )
-            progress = {"format": FORMAT, **key, "done": 0, "rounds": [], "outputs": {}, "state_rounds": {}}
-            progress["elapsed_s"], progress["sessions"] = 0.0, 0
-            return progress
+            raise UserError(
+                f"'{self.out}' already holds a benchmark run: add --resume to continue it, or choose another --out"
+            )
         if saved is None:
             raise UserError(
                 f"nothing to resume in '{self.out}': it has no {self.progress_path.name}; run without --resume"
@@ -53,7 +62,31 @@ class Checkpoint:
                 f"'{self.out}' was started with other settings ({'; '.join(differences)}): rerun with the same flags "
                 "to resume it, or choose another --out"
             )
-        return saved
+        self.acquire()
+        return self.load()  # read again under the lock
+
+    def acquire(self) -> None:
+        """Lock the run folder for this process, so two runs never write one checkpoint (POSIX; released by
+        release() or when the process ends)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; the user keeps runs apart
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.dir / "lock", "w")  # noqa: SIM115 (held open for the lifetime of the run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UserError(
+                f"another onlinespec bench is writing to '{self.out}': let it finish or choose another --out"
+            ) from None
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def load(self) -> dict | None:
         if not self.progress_path.is_file():

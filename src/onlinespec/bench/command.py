@@ -135,8 +135,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results = run_bench(settings, stream, out, resume=args.resume, show_progress=not args.no_progress)
     except KeyboardInterrupt:
         print(
-            f"onlinespec: bench interrupted; finished rounds are saved in {out}/checkpoint. Continue with the same "
-            f"flags plus: --out {out} --resume",
+            f"onlinespec: bench interrupted; its finished rounds are saved in {out}/checkpoint. To continue, run the "
+            f"same command with --out {out} --resume",
             file=sys.stderr,
         )
         return 130
