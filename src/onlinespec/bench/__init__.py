@@ -51,7 +51,7 @@ def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: s
         "warmup_prompts": len(stream.warmup),  # the stream's offline warm-up slice; not decoded here
         "prompts_sha256": runner.key["prompts_sha256"],
         "environment": environment(),
-        "wall_s": progress["elapsed_s"],
+        "wall_s": progress["elapsed_s"],  # the decoding loop over all sessions (model loading not included)
         "sessions": progress["sessions"],  # 1 = ran without interruption
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

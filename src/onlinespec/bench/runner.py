@@ -274,21 +274,19 @@ class BenchRunner:
                     if pipe.online is not None and len(pipe.online.history) > seen[method]:
                         update_s, learner = _learner_telemetry(pipe.online.history[-1])
                         seen[method] = len(pipe.online.history)
-                    first = index + 1 - tallies[method].prompts
                     tally = tallies[method]
+                    first = index + 1 - tally.prompts
                     records.append(round_record(method, round_no, first, domains, tally, update_s, learner))
                     if pipe.online is not None and pipe.online.learning:
                         progress["state_rounds"][method] = pipe.online.round
                 progress["rounds"].extend(records)
                 progress["done"] = index + 1
-                progress["elapsed_s"] = elapsed_before + time.perf_counter() - started
+                progress["elapsed_s"] = elapsed_before + time.perf_counter() - started  # loop only, not loading
                 self.checkpoint.save(progress)
                 tallies = {m: Tally() for m in s.methods}
                 domains = []
-                bar.set_postfix_str(
-                    f"round {round_no}: " + " ".join(f"{r['method']} tau {r['tau']:.2f}" for r in records[1:]),
-                    refresh=False,
-                )
+                taus = " ".join(f"{r['method']} tau {r['tau']:.2f}" for r in records if r["method"] != REFERENCE)
+                bar.set_postfix_str(f"round {round_no}: {taus}", refresh=False)
                 if self.on_round is not None:
                     self.on_round(records)
         finally:
