@@ -30,7 +30,7 @@ def test_sources_load_in_file_order_with_their_sizes() -> None:
 def test_each_stream_splits_into_a_warmup_slice_then_an_online_slice() -> None:
     everything = prompts.humaneval()
     stream = prompts.source_stream("humaneval")
-    assert len(stream.warmup) == round(164 * prompts.WARMUP_FRACTION) == 33
+    assert len(stream.warmup) == round(164 * prompts.WARMUP_FRACTION) == 41
     assert list(stream.warmup) + list(stream.online) == everything  # first items warm up, the rest stream, in order
 
 
@@ -39,13 +39,19 @@ def test_shifted_stream_concatenates_online_slices_of_domains() -> None:
     assert stream.name == "shifted:humaneval,spider,finance"
     assert [p.domain for p in stream.online] == ["humaneval"] * 3 + ["spider"] * 3 + ["finance"] * 3
     assert stream.online[:3] == prompts.source_stream("humaneval").online[:3]
-    assert len(stream.warmup) == 33 + 39 + 19
+    assert len(stream.warmup) == 41 + 48 + 24
     everything = prompts.load_stream("shifted")
     assert [d for d in dict.fromkeys(p.domain for p in everything.online)] == list(prompts.DOMAINS)
-    with pytest.raises(UserError, match="only 77 online prompts, fewer than 100"):
+    with pytest.raises(UserError, match="only 72 online prompts, fewer than 100"):
         prompts.load_stream("shifted:finance", num_prompts=100)
     with pytest.raises(UserError, match="unknown stream 'poetry'"):
         prompts.load_stream("poetry")
+
+
+def test_warmup_slices_hold_what_onlinespec_warmup_trains_on() -> None:
+    for name, count in {"humaneval": 40, "spider": 40, "finance": 24}.items():  # warmup.command.WARMUP_STREAMS
+        assert prompts.STREAMS[name]()[:count] == [p.text for p in prompts.source_stream(name).warmup][:count]
+        assert len(prompts.source_stream(name).warmup) >= count
 
 
 def test_missing_data_package_names_the_pip_command() -> None:
