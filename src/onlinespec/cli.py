@@ -1,4 +1,4 @@
-"""Command line: `onlinespec generate "PROMPT"`. Thin: parses flags and calls the library."""
+"""Command line: `onlinespec generate "PROMPT"`, `onlinespec bench`. Thin: parses flags and calls the library."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     from onlinespec.warmup.command import add_warmup_parser
 
     add_warmup_parser(commands)
+
+    from onlinespec.bench.command import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -220,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             from onlinespec.warmup.command import cmd_warmup
 
             return cmd_warmup(args)
+        if args.command == "bench":
+            from onlinespec.bench.command import cmd_bench
+
+            return cmd_bench(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

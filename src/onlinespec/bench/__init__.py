@@ -1,1 +1,64 @@
-"""Prompt streams and benchmark helpers."""
+"""The online-learning benchmark (`onlinespec bench`): prompt streams (`prompts`), the interleaved runner
+(`runner`), per-round checkpoints (`checkpoint`), results and report (`results`), plots (`plots`), and the CLI
+command (`command`). Submodules are imported on use, so reading prompts does not load torch.
+
+    from onlinespec.bench import run_bench
+    from onlinespec.bench.prompts import load_stream
+    from onlinespec.bench.runner import BenchSettings
+
+    stream = load_stream("shifted:humaneval,spider", num_prompts=8)
+    settings = BenchSettings(methods=("ar", "static", "ogd"), stream=stream.name, max_new_tokens=32, round_size=4, k=1)
+    results = run_bench(settings, stream, "bench-out")   # results.json's content; files in bench-out/
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onlinespec.bench.prompts import Stream
+    from onlinespec.bench.runner import BenchRunner, BenchSettings
+
+
+def run_bench(
+    settings: BenchSettings,
+    stream: Stream,
+    out: str | Path,
+    resume: bool = False,
+    on_round: Callable[[list[dict]], None] | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Run (or, with resume, continue) a benchmark and write its outputs into `out`; returns results.json's content."""
+    from onlinespec.bench.runner import BenchRunner
+
+    runner = BenchRunner(settings, stream, out, resume=resume, on_round=on_round, show_progress=show_progress)
+    try:
+        return _finish(runner, settings, stream, out, runner.run())
+    finally:
+        runner.checkpoint.release()
+
+
+def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: str | Path, progress: dict) -> dict:
+    from onlinespec.bench.results import environment, summarise, write_outputs
+
+    config = {
+        "settings": settings.to_dict(),
+        "stream": stream.name,
+        "prompts": len(stream.online),
+        "warmup_prompts": len(stream.warmup),  # the stream's offline warm-up slice; not decoded here
+        "prompts_sha256": runner.key["prompts_sha256"],
+        "environment": environment(),
+        "wall_s": progress["elapsed_s"],  # the decoding loop over all sessions (model loading not included)
+        "sessions": progress["sessions"],  # 1 = ran without interruption
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    results = summarise(config, progress["rounds"], progress["outputs"], settings.k)
+    write_outputs(out, results, progress["rounds"])
+    runner.checkpoint.drop_states()
+    return results
+
+
+__all__ = ["run_bench"]

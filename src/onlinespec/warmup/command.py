@@ -99,7 +99,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     sequences: list[list[int]] = []
     if "answers" in sources:
         prompt_ids = [pipe.encode(p).tolist() for p in train_prompts]
-        sequences += generate_answers(target, tokenizer, prompt_ids, args.answer_tokens, 8, out / "answers.jsonl")
+        sequences += generate_answers(target, tokenizer, prompt_ids, args.answer_tokens, 16, out / "answers.jsonl")
     corpus = []
     if "stdlib" in sources:
         corpus.append(stdlib_texts())

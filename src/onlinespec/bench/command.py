@@ -1,0 +1,147 @@
+"""`onlinespec bench`: how much faster decoding gets as the draft evolves, on the embedded default, offline.
+
+onlinespec bench --preset quick                  # ~5 min on 2 CPU cores: 24 prompts, ar vs static vs ogd
+onlinespec bench --preset full --out runs/full   # ~75 min: 120 prompts over six domains, all five methods
+onlinespec bench --preset full --out runs/full --resume      # continue after an interruption
+onlinespec bench --prompts my.jsonl --methods ar,static,ogd  # your prompts: {"prompt": ...} or {"messages": [...]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from onlinespec.cli import _quiet_transformers, add_learning_flags, online_config_from_args
+from onlinespec.errors import UserError
+
+# Learning flags that `generate` needs but the benchmark sets itself (per method, in --out, sync schedule).
+_NOT_FOR_BENCH = ("learner", "round_tokens", "draft_state", "telemetry")
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from onlinespec.bench.presets import PRESETS
+    from onlinespec.bench.prompts import STREAM_NAMES
+    from onlinespec.bench.runner import METHODS
+    from onlinespec.drafts import DEFAULT_DRAFT
+    from onlinespec.models import DEFAULT_MODEL, DTYPES
+
+    presets = "\n".join(
+        f"  {name}: {p.num_prompts} prompts of {p.stream}, {p.max_new_tokens} new tokens, rounds of {p.round_size},\n"
+        f"    methods {','.join(p.methods)}, k={p.k}; {p.expected} on 2 CPU cores"
+        for name, p in PRESETS.items()
+    )
+    bench = commands.add_parser(
+        "bench",
+        help="compare decoding speed of ar, static and online-learning drafts on a prompt stream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets (flags given explicitly override them):\n{presets}",
+    )
+    bench.add_argument("--preset", choices=tuple(PRESETS), default="quick", help="(default: %(default)s)")
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument(
+        "--stream",
+        default=None,
+        help=f"built-in stream: {', '.join(STREAM_NAMES)}, or shifted:a,b,... (default: the preset's)",
+    )
+    source.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE.jsonl|DATASET",
+        help="your prompts: a JSONL file (one object a line with a 'prompt' string or chat 'messages'), or an HF "
+        "datasets name[:config] when a hub is reachable",
+    )
+    bench.add_argument("--prompt-field", default="prompt", help="field holding the prompt text (default: %(default)s)")
+    bench.add_argument("--split", default="train", help="dataset split for an HF dataset (default: %(default)s)")
+    bench.add_argument("--num-prompts", type=int, default=None, help="online prompts to decode (default: the preset's)")
+    bench.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, must include ar; from {','.join(METHODS)} (default: the preset's)",
+    )
+    bench.add_argument("--target", default=DEFAULT_MODEL, help="target model spec (default: %(default)s)")
+    bench.add_argument("--draft", default=DEFAULT_DRAFT, help="draft spec, the warm start (default: %(default)s)")
+    bench.add_argument("--k", type=int, default=None, help="drafted tokens per verify step (default: the preset's)")
+    bench.add_argument("--max-new-tokens", type=int, default=None, help="(default: the preset's)")
+    bench.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: %(default)s)")
+    bench.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
+    bench.add_argument("--seed", type=int, default=0, help="torch seed, recorded (default: %(default)s)")
+    bench.add_argument("--out", default=None, metavar="DIR", help="output folder (default: ./bench-<timestamp>)")
+    bench.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_learning_flags(bench)
+    bench.set_defaults(round_size=None, schedule="sync")
+    for action in bench._actions:  # argparse has no public way to change an inherited flag's help
+        if action.dest in _NOT_FOR_BENCH:
+            action.help = argparse.SUPPRESS
+        elif action.dest == "round_size":
+            action.help = "prompts per learning round, the same for every method (default: the preset's)"
+    return bench
+
+
+def _pick(flag: int | None, preset_value: int) -> int:
+    """A flag given on the command line wins over the preset (even 0, which is then reported as an error)."""
+    return preset_value if flag is None else flag
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from onlinespec.bench import run_bench
+    from onlinespec.bench.presets import get_preset
+    from onlinespec.bench.prompts import load_prompts, load_stream
+    from onlinespec.bench.results import render_report
+    from onlinespec.bench.runner import BenchSettings
+
+    # Everything that needs no model is checked first, so a typo costs no loading time.
+    if args.learner != "static":
+        raise UserError("--learner does not apply to bench: list the learners to compare in --methods")
+    if args.draft_state or args.telemetry:
+        raise UserError("bench keeps its own checkpoint and rounds.jsonl in --out: drop --draft-state and --telemetry")
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out DIR: the folder of the interrupted run")
+    preset = get_preset(args.preset)
+    args.round_size = _pick(args.round_size, preset.round_size)  # before the learning flags become an OnlineConfig
+    if args.prompts:
+        stream = load_prompts(args.prompts, args.num_prompts, args.prompt_field, args.split)
+    else:
+        stream = load_stream(args.stream or preset.stream, _pick(args.num_prompts, preset.num_prompts))
+    settings = BenchSettings(
+        methods=_methods(args.methods) if args.methods is not None else preset.methods,
+        stream=stream.name,
+        max_new_tokens=_pick(args.max_new_tokens, preset.max_new_tokens),
+        round_size=args.round_size,
+        k=_pick(args.k, preset.k),
+        preset=args.preset,
+        target=args.target,
+        draft=args.draft,
+        dtype=args.dtype,
+        chat=not args.no_chat,
+        seed=args.seed,
+        online=online_config_from_args(args),
+    )
+    out = Path(args.out or f"bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    _quiet_transformers()
+    print(
+        f"onlinespec bench: {len(stream.online)} prompts of {stream.name}, methods {','.join(settings.methods)}, "
+        f"{settings.max_new_tokens} new tokens, k={settings.k}, draft {settings.draft}; writing to {out}/",
+        file=sys.stderr,
+    )
+    try:
+        results = run_bench(settings, stream, out, resume=args.resume, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(
+            f"onlinespec: bench interrupted; its finished rounds are saved in {out}/checkpoint. To continue, run the "
+            f"same command with --out {out} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(render_report(results))
+    print(f"saved to {out}/: {', '.join(results['files'])}")
+    if results["greedy_mismatches"] and settings.dtype == "float32":
+        print(f"onlinespec: warning: {results['greedy_mismatches']} greedy outputs differ from ar's", file=sys.stderr)
+    return 0

@@ -1,0 +1,174 @@
+"""Per-method results from the round records, the report table, and the output files (SPEC.md §1 metrics).
+
+results.json keeps, for every method: tau, alpha, tokens_per_s (decoding only), tokens_per_s_incl_update (update
+time that decoding waited for added), speedup (incl. update, vs `ar` of the same run), update_s, new_tokens,
+rounds; plus the Leviathan ideal and the greedy-equality check against `ar`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from onlinespec.bench.atomic import write_text_atomic
+from onlinespec.bench.runner import REFERENCE, Tally
+
+SUMS = (*(f.name for f in fields(Tally)), "update_s")  # summed over a method's rounds
+MAX_DIVERGENCES = 5  # first divergent prompts listed per method
+
+
+def environment() -> dict:
+    """Versions and machine, recorded with every run."""
+    import numpy
+    import torch
+    import transformers
+
+    from onlinespec import __version__
+
+    return {
+        "onlinespec": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def ideal_speedup(alpha: float, k: int, c: float, u: float = 0.0) -> float:
+    """Leviathan et al. 2023: E = (1 - a^(k+1)) / (1 - a) tokens per step, S = E / (1 + c k + u) (SPEC.md §1)."""
+    expected = float(k + 1) if alpha >= 1.0 else (1 - alpha ** (k + 1)) / (1 - alpha)
+    return expected / (1 + c * k + u)
+
+
+def first_divergence(ours: list[int], ref: list[int]) -> int | None:
+    """Index of the first token where two outputs differ (or where the shorter ends); None if equal."""
+    for i, (a, b) in enumerate(zip(ours, ref, strict=False)):
+        if a != b:
+            return i
+    return None if len(ours) == len(ref) else min(len(ours), len(ref))
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def summarise(config: dict, rounds: list[dict], outputs: dict[str, list[list[int]]], k: int) -> dict:
+    """results.json's content: `config` as given, and per method the sums over its rounds and derived figures."""
+    methods: dict[str, dict] = {}
+    for method in outputs:
+        own = [r for r in rounds if r["method"] == method]
+        t = {key: sum(r[key] for r in own) for key in SUMS}
+        third = own[-max(1, len(own) // 3) :]
+        last_tokens, last_forwards = sum(r["new_tokens"] for r in third), sum(r["target_forwards"] for r in third)
+        divergences = []
+        for index, (ours, ref) in enumerate(zip(outputs[method], outputs[REFERENCE], strict=True)):
+            at = first_divergence(ours, ref)
+            if at is not None:
+                divergences.append({"prompt": index, "token": at})
+        methods[method] = {
+            "tau": _ratio(t["new_tokens"], t["target_forwards"]),
+            "alpha": _ratio(t["accepted"], t["drafted"]),
+            "tokens_per_s": _ratio(t["new_tokens"], t["decode_s"]),
+            "tokens_per_s_incl_update": _ratio(t["new_tokens"], t["decode_s"] + t["update_s"]),
+            "update_s": t["update_s"],
+            "new_tokens": t["new_tokens"],
+            "rounds": len(own),
+            "prompts": t["prompts"],
+            "decode_s": t["decode_s"],
+            "target_forwards": t["target_forwards"],
+            "drafted": t["drafted"],
+            "accepted": t["accepted"],
+            "draft_s": t["draft_s"],
+            "target_s": t["target_s"],
+            "tau_per_round": [r["tau"] for r in own],
+            "tau_last_third": _ratio(last_tokens, last_forwards),
+            "greedy_mismatches": len(divergences),
+            "first_divergences": divergences[:MAX_DIVERGENCES],
+        }
+    ref = methods[REFERENCE]
+    ar_step_s = _ratio(ref["decode_s"], ref["target_forwards"])  # one autoregressive target step, prefill included
+    static_last = methods.get("static", {}).get("tau_last_third")
+    for method, m in methods.items():
+        m["speedup"] = _ratio(m["tokens_per_s_incl_update"], ref["tokens_per_s_incl_update"])
+        m["speedup_excl_update"] = _ratio(m["tokens_per_s"], ref["tokens_per_s"])
+        m["tau_last_third_vs_static"] = _ratio(m["tau_last_third"], static_last) if static_last else None
+        if method == REFERENCE or not m["drafted"]:
+            m.update(cost_ratio=0.0, update_per_step=0.0, ideal_speedup=1.0)
+        else:
+            # c = draft seconds per drafted token / AR target step; u = update seconds per target step / AR step
+            m["cost_ratio"] = _ratio(_ratio(m["draft_s"], m["drafted"]), ar_step_s)
+            m["update_per_step"] = _ratio(_ratio(m["update_s"], m["target_forwards"]), ar_step_s)
+            m["ideal_speedup"] = ideal_speedup(m["alpha"], k, m["cost_ratio"], m["update_per_step"])
+        m["efficiency"] = _ratio(m["speedup"], m["ideal_speedup"])
+    return {
+        "config": config,
+        "methods": methods,
+        "greedy_mismatches": sum(m["greedy_mismatches"] for m in methods.values()),
+    }
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_report(results: dict) -> str:
+    """Markdown a user can paste into an issue: settings, the table, and tau per round."""
+    c, s = results["config"], results["config"]["settings"]
+    env = c["environment"]
+    lines = [
+        f"# onlinespec bench: {c['stream']} ({c['prompts']} prompts, preset {s['preset']})",
+        "",
+        f"target {s['target']} {s['dtype']}, draft {s['draft']}, k = {s['k']}, greedy, {s['max_new_tokens']} new "
+        f"tokens, rounds of {s['round_size']} prompts, lr {s['online']['learner_cfg']['lr']}, "
+        f"schedule {s['online']['schedule']}, seed {s['seed']}; onlinespec {env['onlinespec']}, torch {env['torch']}, "
+        f"transformers {env['transformers']}, {env['cpus']} CPUs ({env['torch_threads']} torch threads); "
+        f"wall {c['wall_s'] / 60:.1f} min",
+        "",
+        "| method | tau | alpha | tau last third vs static | tok/s excl. update | tok/s incl. update | update s "
+        "| speedup vs ar | ideal speedup | efficiency | greedy mismatches |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, m in results["methods"].items():
+        drafting = method != REFERENCE
+        lines.append(
+            f"| {method} | {m['tau']:.3f} | {_fmt(m['alpha'] if drafting else None)} | "
+            f"{_fmt(m['tau_last_third_vs_static'] if drafting else None)} | {m['tokens_per_s']:.2f} | "
+            f"{m['tokens_per_s_incl_update']:.2f} | {m['update_s']:.1f} | {m['speedup']:.3f} | "
+            f"{m['ideal_speedup']:.3f} | {m['efficiency']:.3f} | {m['greedy_mismatches']} |"
+        )
+    lines += [
+        "",
+        "tok/s: new tokens / wall time of whole requests (prefill included); incl. update adds the time decoding "
+        "waited for the learner. speedup = tok/s incl. update / ar's. ideal = Leviathan's E / (1 + c k + u) with this "
+        "run's alpha, draft cost c and update cost u per AR step; efficiency = speedup / ideal. Greedy mismatches: "
+        "prompts whose output differs from ar's (must be 0 in float32).",
+        "",
+        "tau per round:",
+        "",
+    ]
+    for method, m in results["methods"].items():
+        if method != REFERENCE:
+            lines.append(f"- {method}: {' '.join(f'{t:.2f}' for t in m['tau_per_round'])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: str | Path, results: dict, rounds: list[dict]) -> list[str]:
+    """results.json, rounds.jsonl, report.md and the plots, each written atomically; returns the file names."""
+    from onlinespec.bench.plots import write_plots
+
+    out = Path(out)
+    write_text_atomic(out / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in rounds))
+    write_text_atomic(out / "report.md", render_report(results))
+    files = ["results.json", "rounds.jsonl", "report.md", *write_plots(out, results, rounds)]
+    results["files"] = files
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))  # last: its presence means "complete"
+    return files

@@ -1,0 +1,295 @@
+"""Decode one prompt stream with every method, interleaved, and keep per-round records (SPEC.md §1-2).
+
+Fairness: one process, one target model; for each prompt every method decodes it in turn with the same settings,
+so machine drift hits all methods alike. Every learning method starts from the same warm draft (a fresh
+`make_draft(spec)` each) and learns with the synchronous schedule: its update runs between requests and its time is
+counted (a background update would slow the other methods' decoding). A round is `round_size` prompts for every
+method, so all methods cross round boundaries together and a checkpoint is written after each round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from onlinespec.bench.checkpoint import Checkpoint
+from onlinespec.bench.prompts import Prompt, Stream
+from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.metrics import RequestStats
+from onlinespec.drafts import DEFAULT_DRAFT, make_draft
+from onlinespec.errors import UserError
+from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+from onlinespec.online.learners import LEARNERS
+from onlinespec.online.session import OnlineConfig
+from onlinespec.pipeline import Pipeline
+
+WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up costs don't land on the first method
+REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
+METHODS = (REFERENCE, *LEARNERS)
+_PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
+# Fields of the online session's round record that the benchmark's own round record replaces.
+_SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}
+
+
+@dataclass
+class BenchSettings:
+    """Everything that decides what a run measures; recorded in results.json and checked on --resume."""
+
+    methods: tuple[str, ...]
+    stream: str  # stream name, or the --prompts source
+    max_new_tokens: int
+    round_size: int
+    k: int
+    preset: str = "custom"
+    target: str = DEFAULT_MODEL
+    draft: str = DEFAULT_DRAFT
+    dtype: str = "float32"
+    chat: bool = True
+    seed: int = 0
+    online: OnlineConfig = field(default_factory=OnlineConfig)  # learner, round size and schedule are set per method
+
+    def __post_init__(self) -> None:
+        check_methods(self.methods)
+        for name, value in (("max new tokens", self.max_new_tokens), ("round size", self.round_size), ("k", self.k)):
+            if value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
+        if self.online.schedule != "sync":
+            raise UserError(
+                "the benchmark runs methods interleaved in one process, where a background update would slow the "
+                "other methods' decoding: use --schedule sync (its default)"
+            )
+        if self.online.round_tokens:
+            raise UserError("the benchmark's rounds are --round-size prompts for every method; drop --round-tokens")
+        if self.online.state_dir or self.online.telemetry:
+            raise UserError(
+                "the benchmark keeps its own checkpoint and rounds.jsonl in --out: drop --draft-state and --telemetry"
+            )
+
+    def to_dict(self) -> dict:
+        """JSON-ready (tuples as lists), so a saved copy compares equal to a fresh one. The online fields that the
+        benchmark sets per method (learner, round, state and telemetry) are left out."""
+        out = json.loads(json.dumps(asdict(self)))
+        for name in _PER_METHOD:
+            out["online"].pop(name)
+        return out
+
+
+def check_methods(methods: tuple[str, ...]) -> None:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"a method is listed twice in {','.join(methods)}")
+    if REFERENCE not in methods:
+        raise UserError(f"--methods must include {REFERENCE}: it is the reference for speedup and greedy equality")
+
+
+def stream_digest(prompts: tuple[Prompt, ...]) -> str:
+    """sha256 of the decoded prompts, so a resumed run is known to decode the same ones."""
+    blob = json.dumps([[p.domain, p.messages] for p in prompts])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def encode_prompt(tokenizer, prompt: Prompt, chat: bool = True) -> torch.Tensor:
+    """Prompt -> LongTensor [T]: its messages through the chat template when the tokenizer has one (and chat),
+    else the message texts joined by blank lines."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(prompt.chat(), add_generation_prompt=True, return_dict=False)
+    else:
+        ids = tokenizer("\n\n".join(content for _, content in prompt.messages), add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise UserError(f"a prompt of domain '{prompt.domain}' encodes to no tokens")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+@dataclass
+class Tally:
+    """Sums of per-request statistics over one round of one method."""
+
+    prompts: int = 0
+    new_tokens: int = 0
+    target_forwards: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    decode_s: float = 0.0  # whole requests, prefill included
+    draft_s: float = 0.0
+    target_s: float = 0.0
+
+    def add(self, stats: RequestStats) -> None:
+        self.prompts += 1
+        self.new_tokens += stats.new_tokens
+        self.target_forwards += stats.target_forwards
+        self.drafted += stats.drafted
+        self.accepted += stats.accepted
+        self.decode_s += stats.wall_s
+        self.draft_s += stats.draft_s
+        self.target_s += stats.target_s
+
+
+def round_record(
+    method: str, round_no: int, first: int, domains: list[str], tally: Tally, update_s: float, learner: dict
+) -> dict:
+    """One line of rounds.jsonl: a method's counts and speeds over one round (`update_s`: the time decoding waited
+    for the learner at the round's end), plus the learner's telemetry."""
+    decode_s = tally.decode_s
+    return {
+        "method": method,
+        "round": round_no,
+        "first_prompt": first,
+        "domain": "+".join(dict.fromkeys(domains)),
+        **asdict(tally),
+        "update_s": update_s,
+        "tau": tally.new_tokens / tally.target_forwards if tally.target_forwards else 0.0,
+        "alpha": tally.accepted / tally.drafted if tally.drafted else 0.0,
+        "tokens_per_s": tally.new_tokens / decode_s if decode_s else 0.0,
+        "tokens_per_s_incl_update": tally.new_tokens / (decode_s + update_s) if decode_s + update_s else 0.0,
+        **learner,
+    }
+
+
+def _learner_telemetry(entry: dict) -> tuple[float, dict]:
+    """(seconds decoding waited for the update, the session's round record minus the counts the benchmark keeps
+    itself). The learner's own `update_s` (compute time) is renamed so it cannot be mistaken for the former."""
+    out = {}
+    for key, value in entry.items():
+        if key not in _SESSION_FIELDS and (isinstance(value, int | float | str | list) or value is None):
+            out["update_compute_s" if key == "update_s" else key] = value
+    return float(entry.get("update_blocking_s", 0.0)), out
+
+
+class BenchRunner:
+    """Runs `settings` over `stream.online`, writing a checkpoint to `out` after every round.
+
+    `on_round(records)` is called after each round's checkpoint with that round's records (one per method); an
+    exception it raises stops the run exactly as an interruption would.
+    """
+
+    def __init__(
+        self,
+        settings: BenchSettings,
+        stream: Stream,
+        out: str | Path,
+        resume: bool = False,
+        on_round: Callable[[list[dict]], None] | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        if not stream.online:
+            raise UserError(f"stream '{stream.name}' has no prompts to decode")
+        self.settings, self.stream = settings, stream
+        self.checkpoint = Checkpoint(out)
+        self.key = {"settings": settings.to_dict(), "prompts_sha256": stream_digest(stream.online)}
+        self.progress = self.checkpoint.start(self.key, resume)
+        self.on_round, self.show_progress = on_round, show_progress
+
+    @property
+    def finished(self) -> bool:
+        return self.progress["done"] >= len(self.stream.online)
+
+    def run(self) -> dict:
+        """Decode every prompt not yet done; returns the progress (rounds, outputs, elapsed time)."""
+        if self.finished:
+            return self.progress
+        s = self.settings
+        self.progress["sessions"] += 1
+        self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
+        torch.manual_seed(s.seed)
+        target = load_model(s.target, s.dtype)
+        first = encode_prompt(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
+        pipes = {m: self._pipeline(m, target, first) for m in s.methods}
+        self._decode(pipes, target)
+        return self.progress
+
+    def _pipeline(self, method: str, target: LoadedModel, warmup_ids: torch.Tensor) -> Pipeline:
+        """The method's pipeline, after one untimed request (before learning is attached: it teaches nothing)."""
+        s = self.settings
+        warmup = GenerationConfig(max_new_tokens=WARMUP_TOKENS, k=s.k)
+        if method == REFERENCE:
+            pipe = Pipeline(target, None)
+            pipe.start(warmup_ids, warmup, mode="ar").result()
+            return pipe
+        pipe = Pipeline(target, make_draft(s.draft, target, s.dtype))
+        pipe.start(warmup_ids, warmup, mode="spec").result()
+        learns = method != "static"  # static never changes its draft: nothing to save or restore
+        saved_round = int(self.progress["state_rounds"].get(method, 0))
+        state_dir = self.checkpoint.prepare_state(method, saved_round) if learns else None
+        cfg = replace(
+            s.online,
+            learner=method,
+            round_requests=s.round_size,
+            round_tokens=0,
+            schedule="sync",
+            state_dir=str(state_dir) if state_dir else None,
+            telemetry=None,
+        )
+        online = pipe.enable_learning(cfg)
+        if learns and online.round != saved_round:
+            raise UserError(
+                f"the checkpoint of '{method}' holds round {online.round}, not {saved_round}: "
+                f"delete '{self.checkpoint.dir}' to start over"
+            )
+        return pipe
+
+    def _decode(self, pipes: dict[str, Pipeline], target: LoadedModel) -> None:
+        from tqdm import tqdm
+
+        s, progress, prompts = self.settings, self.progress, self.stream.online
+        cfg = GenerationConfig(max_new_tokens=s.max_new_tokens, k=s.k)
+        for method in s.methods:
+            progress["outputs"].setdefault(method, [])
+        tallies = {m: Tally() for m in s.methods}
+        seen = {m: len(p.online.history) if p.online else 0 for m, p in pipes.items()}
+        domains: list[str] = []
+        started, elapsed_before = time.perf_counter(), progress["elapsed_s"]
+        bar = tqdm(
+            total=len(prompts),
+            initial=progress["done"],
+            desc=f"bench {s.preset}",
+            unit="prompt",
+            file=sys.stderr,
+            disable=not self.show_progress,
+            dynamic_ncols=True,
+        )
+        try:
+            for index in range(progress["done"], len(prompts)):
+                ids = encode_prompt(target.tokenizer, prompts[index], s.chat)
+                for method, pipe in pipes.items():
+                    result = pipe.start(ids, cfg, mode="ar" if method == REFERENCE else "spec").result()
+                    tallies[method].add(result.stats)
+                    progress["outputs"][method].append(result.token_ids)
+                domains.append(prompts[index].domain)
+                bar.update(1)
+                if (index + 1) % s.round_size and index + 1 < len(prompts):
+                    continue
+                round_no = index // s.round_size + 1
+                records = []
+                for method, pipe in pipes.items():
+                    update_s, learner = 0.0, {}
+                    if pipe.online is not None and len(pipe.online.history) > seen[method]:
+                        update_s, learner = _learner_telemetry(pipe.online.history[-1])
+                        seen[method] = len(pipe.online.history)
+                    tally = tallies[method]
+                    first = index + 1 - tally.prompts
+                    records.append(round_record(method, round_no, first, domains, tally, update_s, learner))
+                    if pipe.online is not None and pipe.online.learning:
+                        progress["state_rounds"][method] = pipe.online.round
+                progress["rounds"].extend(records)
+                progress["done"] = index + 1
+                progress["elapsed_s"] = elapsed_before + time.perf_counter() - started  # loop only, not loading
+                self.checkpoint.save(progress)
+                tallies = {m: Tally() for m in s.methods}
+                domains = []
+                taus = " ".join(f"{r['method']} tau {r['tau']:.2f}" for r in records if r["method"] != REFERENCE)
+                bar.set_postfix_str(f"round {round_no}: {taus}", refresh=False)
+                if self.on_round is not None:
+                    self.on_round(records)
+        finally:
+            bar.close()
+        # Sessions are not closed: with the sync schedule nothing is pending, and close() would only re-save the
+        # last snapshot, which drop_states() deletes once the results are written.
