@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from onlinespec.warmup.command import add_warmup_parser
 
     add_warmup_parser(commands)
+    from onlinespec.export_command import add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 
@@ -220,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             from onlinespec.warmup.command import cmd_warmup
 
             return cmd_warmup(args)
+        if args.command == "export":
+            from onlinespec.export_command import cmd_export
+
+            return cmd_export(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
