@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     from onlinespec.bench.command import add_bench_parser
 
     add_bench_parser(commands)
+
+    from onlinespec.export_command import add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 
@@ -228,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             from onlinespec.bench.command import cmd_bench
 
             return cmd_bench(args)
+        if args.command == "export":
+            from onlinespec.export_command import cmd_export
+
+            return cmd_export(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

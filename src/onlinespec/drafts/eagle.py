@@ -3,6 +3,10 @@
 Head step at position t: concat(f_t, e(x_{t+1})) [2d] -> fc -> one decoder layer of the target's family -> the
 target's frozen final norm + LM head -> a distribution over x_{t+2}. f_t is the target's last-layer feature at
 t for committed positions, and the head's own output g_t (its guess of f_{t+1}) while drafting ahead.
+
+Layout "eagle1" (opt-in) computes exactly what EAGLE-1 heads compute in vLLM and SGLang: the decoder layer has no
+input norm and the LM head reads g directly, with no final norm (see onlinespec/export.py); only such heads export
+exactly to those engines.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ class EagleHead(nn.Module):
     """Trainable: `fc` and `layer`. Shared with the target and frozen: embed, norm, rotary, the LM head."""
 
     kind = "eagle"
-    layout_keys: tuple[str, ...] = ()  # constructor settings stored in config.json (none for EAGLE-1)
+    layout_keys: tuple[str, ...] = ("layout",)  # constructor settings stored in config.json
+    LAYOUTS = ("onlinespec", "eagle1")
 
-    def __init__(self, target: nn.Module, vocab_ids: torch.Tensor | None = None) -> None:
+    def __init__(self, target: nn.Module, vocab_ids: torch.Tensor | None = None, layout: str = "onlinespec") -> None:
         super().__init__()
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"unknown EAGLE head layout '{layout}': choose one of {', '.join(self.LAYOUTS)}")
+        self.layout = layout
         # Training-time unrolling (EAGLE-3's "training-time test"): pass i > 0 feeds the head its own outputs of
         # pass i-1 as features, as drafting ahead does; pass i's loss is weighted 0.8^i.
         self.unroll = 1
@@ -40,11 +48,13 @@ class EagleHead(nn.Module):
         d = config.hidden_size
         self.fc = nn.Linear(2 * d, d, bias=False)
         self.layer = type(base.layers[0])(config, layer_idx=0)
+        if layout == "eagle1":
+            self.layer.input_layernorm = nn.Identity()  # EAGLE-1 skips the first layer's input norm
         init_linear_weights(self, getattr(config, "initializer_range", 0.02))
         self.layer.to(dtype=base.norm.weight.dtype)
         self.fc.to(dtype=base.norm.weight.dtype)
         self.embed = target.get_input_embeddings()
-        self.norm = base.norm
+        self.norm = base.norm if layout == "onlinespec" else nn.Identity()  # EAGLE-1: g goes to the LM head as is
         self.rotary = base.rotary_emb
         self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
 
@@ -52,8 +62,8 @@ class EagleHead(nn.Module):
         return [n for n, _ in self.named_parameters() if n.startswith(("fc.", "layer."))]
 
     def store_config(self) -> dict:
-        """Layout settings saved beside the weights (drafts/head_store.py); EAGLE-1 has none."""
-        return {}
+        """Layout settings saved beside the weights (drafts/head_store.py)."""
+        return {"layout": self.layout}
 
     def step(self, features, next_ids, positions, cache=None, mask=None) -> torch.Tensor:
         """features [B, q, d], next_ids [B, q], positions [B, q] -> head outputs g [B, q, d] (pre-norm)."""

@@ -42,6 +42,12 @@ def add_warmup_parser(commands) -> None:
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per batch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--unroll", type=int, default=2, help="EAGLE training passes on its own features")
+    p.add_argument(
+        "--eagle-layout",
+        choices=("onlinespec", "eagle1"),
+        default="onlinespec",
+        help="eagle1 = the exact EAGLE-1 head vLLM/SGLang run, for `onlinespec export` (default: %(default)s)",
+    )
     p.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary size, 0 = full")
     p.add_argument("--top-k", type=int, default=32, help="target probabilities kept per position")
     p.add_argument("--seed", type=int, default=0)
@@ -120,7 +126,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     if args.draft_vocab:
         always = sorted(pipe.eos_ids)
         vocab, coverage = choose_draft_vocab(train_batches, args.draft_vocab, always)
-    head = build_head(args.draft, target, vocab)
+    head = build_head(args.draft, target, vocab, **({"layout": args.eagle_layout} if args.draft == "eagle" else {}))
     if hasattr(head, "unroll"):
         head.unroll = args.unroll
     before = agreement(head, held_batches)

@@ -1,0 +1,41 @@
+"""`onlinespec export`: write a saved EAGLE head in the layout vLLM or SGLang loads (see onlinespec/export.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from onlinespec.errors import UserError
+
+
+def add_export_parser(commands) -> None:
+    from onlinespec.export import FORMATS
+
+    p = commands.add_parser("export", help="export an EAGLE head for vLLM or SGLang")
+    p.add_argument("--draft", required=True, metavar="eagle:DIR", help="the head to export, as eagle:DIR")
+    p.add_argument("--target", required=True, help="the target model spec the head was trained for")
+    p.add_argument("--out", required=True, help="output directory (config.json + model.safetensors)")
+    p.add_argument("--format", choices=FORMATS, default="vllm", help="engine layout (default: %(default)s)")
+    p.add_argument(
+        "--inexact", action="store_true", help="export a default-layout head by dropping its two norms (see README)"
+    )
+    p.add_argument(
+        "--drop-draft-vocab",
+        action="store_true",
+        help="vllm: export a reduced-vocabulary head to draft over the full vocabulary",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from onlinespec.export import export_eagle
+
+    kind, _, where = args.draft.partition(":")
+    if kind != "eagle" or not where:
+        raise UserError(f"--draft must be eagle:DIR (a head saved by `onlinespec warmup`), not '{args.draft}'")
+    out = export_eagle(
+        where, args.out, args.target, args.format, inexact=args.inexact, drop_draft_vocab=args.drop_draft_vocab
+    )
+    info = json.loads((out / "config.json").read_text())["onlinespec"]
+    print(f"exported {args.draft} for {args.format} to {out} (exact: {str(info['exact']).lower()})", file=sys.stderr)
+    return 0
