@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="spec = speculative decoding, ar = plain autoregressive (default: %(default)s)",
     )
     gen.add_argument("--k", type=int, default=4, help="drafted tokens per verify step (default: %(default)s)")
+    add_tree_flags(gen)
     gen.add_argument("--max-new-tokens", type=int, default=128, help="(default: %(default)s)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off (default: %(default)s)")
@@ -63,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(commands)
     return parser
+
+
+def add_tree_flags(parser: argparse.ArgumentParser) -> None:
+    """Draft tree flags (decoding/tree.py), shared by every command that decodes."""
+    from onlinespec.decoding.tree import TREE_KINDS
+
+    group = parser.add_argument_group("draft trees (head drafts, greedy only)")
+    group.add_argument(
+        "--tree",
+        choices=TREE_KINDS,
+        default="chain",
+        help="chain = k tokens in a line; static = EAGLE-1's 25-node tree; dynamic = EAGLE-2 (default: %(default)s)",
+    )
+    group.add_argument("--tree-depth", type=int, default=5, help="max tree depth (default: %(default)s)")
+    group.add_argument("--tree-top-k", type=int, default=4, help="dynamic: children per expansion (default: 4)")
+    group.add_argument("--tree-tokens", type=int, default=24, help="dynamic: nodes kept (default: %(default)s)")
+
+
+def tree_config_from_args(args: argparse.Namespace):
+    from onlinespec.decoding.tree import TreeConfig
+
+    return TreeConfig(kind=args.tree, depth=args.tree_depth, top_k=args.tree_top_k, total_tokens=args.tree_tokens)
 
 
 def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "static") -> None:
@@ -165,6 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
         sampling=SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
+        tree=tree_config_from_args(args),
     )
     online_cfg = online_config_from_args(args) if wants_learning(args) else None
     if online_cfg is not None:  # one call is one round, learned after the text is out: nothing to overlap with

@@ -1,8 +1,9 @@
 """Draft kinds behind one protocol (`Draft`), and `make_draft` which builds one from a spec string.
 
-Specs: `layerskip:N` (the target's first N layers), `eagle[:DIR]` (a feature-level head, fresh or warmed up by
-`onlinespec warmup`), `none` (plain autoregressive decoding), or any model spec (`smollm2-135m`, a directory, a
-.gguf file, a hub id) for an independent draft LM with the target's tokenizer.
+Specs: `layerskip:N` (the target's first N layers), `eagle[:DIR|:fresh]` (a feature-level head: the bundled
+one, one warmed up by `onlinespec warmup`, or untrained), `none` (plain autoregressive decoding), or any model
+spec (`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the target's
+tokenizer.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft 
     if spec == "none":
         return None
     if spec.partition(":")[0] in HEAD_KINDS:
-        return make_head_draft(spec, target.model)
+        return make_head_draft(spec, target.model, target.spec)
     if spec.startswith("layerskip:"):
         value = spec.split(":", 1)[1]
         if not value.isdigit():

@@ -1,7 +1,8 @@
 """Feature-level head drafts by kind: build a fresh head for a target, or load a warmed-up one from a directory.
 
-Specs: `eagle` (a fresh, untrained head) or `eagle:DIR` (a head saved by `onlinespec warmup`); the same for the
-other head kinds registered in HEAD_KINDS.
+Specs: `KIND` (the head bundled with onlinespec for the embedded default target, if there is one),
+`KIND:DIR` (a head saved by `onlinespec warmup`) or `KIND:fresh` (untrained), for each kind in HEAD_KINDS.
+Bundled heads live in `onlinespec/heads/<target>-<kind>/` beside a warmup.json that records how they were made.
 """
 
 from __future__ import annotations
@@ -48,8 +49,25 @@ def load_head(directory: str | Path, target: nn.Module, kind: str | None = None)
     return head.eval()
 
 
-def make_head_draft(spec: str, target: nn.Module):
-    """`kind` (fresh head) or `kind:DIR` (saved head) -> a draft object implementing the Draft protocol."""
+BUNDLED = Path(__file__).resolve().parent.parent / "heads"
+
+
+def bundled_head_dir(kind: str, target_spec: str) -> Path:
+    directory = BUNDLED / f"{target_spec}-{kind}"
+    if not (directory / "config.json").is_file():
+        raise UserError(
+            f"no bundled {kind} head for target '{target_spec}': warm one up with "
+            f"`onlinespec warmup --target {target_spec} --draft {kind} --out DIR` and pass --draft {kind}:DIR "
+            f"(or --draft {kind}:fresh for an untrained head)"
+        )
+    return directory
+
+
+def make_head_draft(spec: str, target: nn.Module, target_spec: str):
+    """`kind`, `kind:DIR` or `kind:fresh` -> a draft object implementing the Draft protocol."""
     kind, _, where = spec.partition(":")
-    head = load_head(where, target, kind) if where else build_head(kind, target).eval()
+    if where == "fresh":
+        head = build_head(kind, target).eval()
+    else:
+        head = load_head(where or bundled_head_dir(kind, target_spec), target, kind)
     return HEAD_KINDS[head.kind][1](head, name=spec)

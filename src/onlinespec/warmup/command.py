@@ -14,6 +14,7 @@ import json
 import shlex
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -36,7 +37,8 @@ def add_warmup_parser(commands) -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget (default: %(default)s)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = time budget only)")
     p.add_argument("--data", default="answers,stdlib,pydoc", help=f"sources from {', '.join(DATA_SOURCES)}")
-    p.add_argument("--answer-tokens", type=int, default=192, help="max tokens of each target answer")
+    p.add_argument("--answers", type=int, default=48, help="warm-up prompts the target answers (default: %(default)s)")
+    p.add_argument("--answer-tokens", type=int, default=128, help="max tokens of each target answer")
     p.add_argument("--corpus-tokens", type=int, default=120_000, help="tokens taken from stdlib + pydoc")
     p.add_argument("--seq-len", type=int, default=256, help="corpus sequence length (default: %(default)s)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per batch (default: %(default)s)")
@@ -55,14 +57,16 @@ def add_warmup_parser(commands) -> None:
 
 
 def _warmup_prompts() -> tuple[list[str], list[str]]:
-    """(training prompts, held-out prompts) from the warm-up slices of the prompt streams."""
+    """(training prompts, held-out prompts) from the warm-up slices of the prompt streams (bench/prompts.py)."""
     from onlinespec.bench.prompts import STREAMS
 
-    train, held = [], []
+    per_stream, held = [], []
     for name, count in WARMUP_STREAMS.items():
         prompts = STREAMS[name]()[:count]
-        train += prompts[: count - EVAL_PER_STREAM]
+        per_stream.append(prompts[: count - EVAL_PER_STREAM])
         held += prompts[count - EVAL_PER_STREAM :]
+    # round robin over the streams, so the first N training prompts cover every domain
+    train = [p for group in zip_longest(*per_stream) for p in group if p is not None]
     return train, held
 
 
@@ -104,8 +108,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     train_prompts, held_prompts = _warmup_prompts()
     sequences: list[list[int]] = []
     if "answers" in sources:
-        prompt_ids = [pipe.encode(p).tolist() for p in train_prompts]
-        sequences += generate_answers(target, tokenizer, prompt_ids, args.answer_tokens, 16, out / "answers.jsonl")
+        sequences += generate_answers(pipe, train_prompts[: args.answers], args.answer_tokens, out / "answers.jsonl")
     corpus = []
     if "stdlib" in sources:
         corpus.append(stdlib_texts())

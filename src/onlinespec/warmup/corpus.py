@@ -11,7 +11,6 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 SOURCES = ("answers", "stdlib", "pydoc")
@@ -52,36 +51,24 @@ def chunked_token_sequences(texts: Iterator[str], tokenizer, seq_len: int, max_t
     return sequences
 
 
-@torch.inference_mode()
-def generate_answers(
-    target, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch: int, cache_file: Path
-) -> list[list[int]]:
-    """prompt + the target's greedy answer (token ids) for every prompt, batched, cached line by line in
-    cache_file (JSON lines) so an interrupted warm-up does not regenerate finished answers."""
-    done: list[list[int]] = []
+def generate_answers(pipe, prompts: list[str], max_new_tokens: int, cache_file: Path) -> list[list[int]]:
+    """prompt + the target's greedy answer (token ids) for every prompt, decoded by our own autoregressive
+    path (exactly what greedy decoding produces), cached in cache_file (JSON lines keyed by the prompt text) so
+    an interrupted warm-up does not regenerate finished answers."""
+    from onlinespec.decoding.config import GenerationConfig
+
+    done: dict[str, list[int]] = {}
     if cache_file.is_file():
-        done = [json.loads(line) for line in cache_file.read_text().splitlines() if line.strip()]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with open(cache_file, "a") as fh, tqdm(total=len(prompt_ids), initial=len(done), desc="target answers") as bar:
-        for start in range(len(done), len(prompt_ids), batch):
-            group = prompt_ids[start : start + batch]
-            width = max(len(p) for p in group)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in group])  # left padding
-            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
-            out = target.generate(
-                input_ids=ids,
-                attention_mask=attention,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-            )
-            for prompt, row in zip(group, out[:, width:].tolist(), strict=True):
-                answer = row
-                if tokenizer.eos_token_id in answer:  # keep the end-of-turn token, drop the padding after it
-                    answer = answer[: answer.index(tokenizer.eos_token_id) + 1]
-                sequence = prompt + answer
-                fh.write(json.dumps(sequence) + "\n")
-                done.append(sequence)
+        for line in cache_file.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["prompt"]] = row["ids"]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens)
+    with open(cache_file, "a") as fh:
+        for prompt in tqdm([p for p in prompts if p not in done], desc="target answers"):
+            prompt_ids = pipe.encode(prompt)
+            result = pipe.generate(prompt, cfg, mode="ar")
+            done[prompt] = prompt_ids.tolist() + result.token_ids
+            fh.write(json.dumps({"prompt": prompt, "ids": done[prompt]}) + "\n")
             fh.flush()
-            bar.update(len(group))
-    return done
+    return [done[p] for p in prompts]
