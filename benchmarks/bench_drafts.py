@@ -28,11 +28,12 @@ from onlinespec.models import load_model
 from onlinespec.pipeline import Pipeline
 
 
-def parse_method(spec: str) -> tuple[str, str, str]:
-    """`NAME=DRAFT@TREE` (tree: chain, static, dynamic; default chain) -> (name, draft spec, tree kind)."""
+def parse_method(spec: str) -> tuple[str, str, str, int | None]:
+    """`NAME=DRAFT[@TREE][%K]` (tree: chain, static, dynamic; default chain; K overrides --k for this method)."""
     name, _, rest = spec.partition("=")
+    rest, _, k = rest.partition("%")
     draft, _, tree = rest.partition("@")
-    return name, draft, tree or "chain"
+    return name, draft, tree or "chain", int(k) if k else None
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
         "--method",
         action="append",
         default=[],
-        help="NAME=DRAFT[@chain|static|dynamic], repeatable (e.g. eagle-tree=eagle:DIR@dynamic)",
+        help="NAME=DRAFT[@chain|static|dynamic][%%K], repeatable (e.g. eagle-tree=eagle:DIR@dynamic, eagle2=eagle%%2)",
     )
     parser.add_argument("--per-domain", type=int, default=8, help="prompts from each of HumanEval and Spider")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -56,10 +57,11 @@ def main() -> None:
     loaded = load_model("smollm2-135m", "float32")
     prompts = [p for d in ("humaneval", "spider") for p in source_stream(d).online[: args.per_domain]]
     pipes = {"ar": Pipeline(loaded, None)}
-    trees = {}
-    for name, draft, tree in methods:
+    trees, ks = {}, {}
+    for name, draft, tree, k in methods:
         pipes[name] = Pipeline(loaded, make_draft(draft, loaded))
         trees[name] = TreeConfig(tree, args.tree_depth, args.tree_top_k, args.tree_tokens)
+        ks[name] = k or args.k
     totals = {name: {"tokens": 0, "forwards": 0, "drafted": 0, "accepted": 0, "wall": 0.0, "draft": 0.0,
                      "steps": 0, "mismatches": 0} for name in pipes}  # fmt: skip
     started = time.time()
@@ -68,7 +70,7 @@ def main() -> None:
         reference = None
         for name, pipe in pipes.items():
             tree = trees.get(name, TreeConfig())
-            cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, k=args.k, tree=tree)
+            cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, k=ks.get(name, args.k), tree=tree)
             result = pipe.start(ids, cfg, mode="ar" if name == "ar" else "spec").result()
             s, t = result.stats, totals[name]
             t["tokens"] += s.new_tokens
@@ -97,7 +99,7 @@ def main() -> None:
             "mismatches": t["mismatches"],
         }
     config = {
-        "methods": {name: {"draft": d, "tree": tr} for name, d, tr in methods},
+        "methods": {name: {"draft": d, "tree": tr, "k": ks[name]} for name, d, tr, _ in methods},
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
         "k": args.k,
@@ -108,14 +110,14 @@ def main() -> None:
         "wall_s": time.time() - started,
     }
     lines = [
-        "| method | draft | tree | tau | alpha | c per step | tokens/s | speedup vs ar | mismatches |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | draft | tree | k | tau | alpha | c per step | tokens/s | speedup vs ar | mismatches |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for name, r in rows.items():
-        draft, tree = config["methods"].get(name, {"draft": "none", "tree": "-"}).values()
+        draft, tree, k = config["methods"].get(name, {"draft": "none", "tree": "-", "k": "-"}).values()
         lines.append(
-            f"| {name} | {draft} | {tree} | {r['tau']:.2f} | {fmt(r['alpha'], '.3f')} | {fmt(r['c'], '.2f')} | "
+            f"| {name} | {draft} | {tree} | {k} | {r['tau']:.2f} | {fmt(r['alpha'], '.3f')} | {fmt(r['c'], '.2f')} | "
             f"{r['tokens_per_s']:.2f} | {r['speedup']:.2f}x | {r['mismatches']} |"
         )
     report = "\n".join(lines) + "\n"

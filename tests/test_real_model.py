@@ -76,3 +76,21 @@ def test_a_gguf_path_loads_the_same_model_as_the_embedded_cache(pipe: Pipeline) 
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids[None]).logits, pipe.target.model(ids[None]).logits)
     assert loaded.tokenizer("Hello there")["input_ids"] == pipe.tokenizer("Hello there")["input_ids"]
+
+
+def test_the_bundled_eagle_head_loads_and_beats_the_untrained_head(pipe: Pipeline) -> None:
+    from onlinespec.decoding.tree import TreeConfig
+    from onlinespec.drafts import make_draft
+
+    ids = pipe.encode(PROMPTS[0])
+    cfg = GenerationConfig(max_new_tokens=48, k=4)
+    ar = pipe.start(ids, cfg, mode="ar").result()
+    alpha = {}
+    for spec in ("eagle", "eagle:fresh"):
+        heads = Pipeline(pipe.target, make_draft(spec, pipe.target))
+        for tree in ("chain", "dynamic"):
+            result = heads.start(ids, GenerationConfig(max_new_tokens=48, k=4, tree=TreeConfig(tree))).result()
+            assert result.token_ids == ar.token_ids, (spec, tree)
+            alpha[spec, tree] = result.stats.accepted / result.stats.drafted
+    assert alpha["eagle", "chain"] > alpha["eagle:fresh", "chain"] + 0.2
+    assert alpha["eagle", "dynamic"] > alpha["eagle:fresh", "dynamic"] + 0.2

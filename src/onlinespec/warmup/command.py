@@ -2,7 +2,7 @@
 
 Phases (each resumable): the target's greedy answers to warm-up prompts -> teacher passes (features + top-K) over
 answers and CPython text -> distillation within a time/step budget -> held-out agreement and a speculative
-decoding check on held-out prompts. The head lands in --out as config.json + model.safetensors (load it with
+decoding check on held-out prompts. The head lands in --out/KIND as config.json + model.safetensors (load it with
 `--draft KIND:DIR`); warmup.json beside it records the command, seed, data and results.
 """
 
@@ -95,9 +95,12 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     if args.batch_tokens < args.seq_len:
         raise UserError("--batch-tokens must be at least --seq-len")
     out = Path(args.out)
-    checkpoint = out / "checkpoint"
+    # One --out can hold several kinds: they share the answers and teacher caches, each has its own checkpoint.
+    checkpoint = out / f"checkpoint-{args.draft}"
     if checkpoint.exists() and not args.resume:
-        raise UserError(f"'{out}' holds an earlier warm-up: pass --resume to continue it, or choose another --out")
+        raise UserError(
+            f"'{out}' holds an earlier {args.draft} warm-up: pass --resume to continue it, or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     started = time.monotonic()
@@ -166,13 +169,13 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         "held_out_decoding": decoding,
         "total_s": time.monotonic() - started,
     }
-    save_head(out / "head", head, target, extra={"warmup": record})
-    (out / "warmup.json").write_text(json.dumps(record, indent=2) + "\n")
+    save_head(out / args.draft, head, target, extra={"warmup": record})
+    (out / args.draft / "warmup.json").write_text(json.dumps(record, indent=2) + "\n")
     print(
         f"warm-up done in {record['total_s'] / 60:.1f} min ({result['steps']} steps): held-out top-1 agreement "
         f"{_pct(before)} -> {_pct(after)} (per head output); decoding {len(held_prompts)} held-out prompts, "
-        f"k=4: alpha {decoding['alpha']:.3f}, tau {decoding['tau']:.2f}. Head: {out / 'head'} "
-        f"(use --draft {args.draft}:{out / 'head'})",
+        f"k=4: alpha {decoding['alpha']:.3f}, tau {decoding['tau']:.2f}. Head: {out / args.draft} "
+        f"(use --draft {args.draft}:{out / args.draft})",
         file=sys.stderr,
     )
     return 0
