@@ -1,8 +1,8 @@
 """Draft kinds behind one protocol (`Draft`), and `make_draft` which builds one from a spec string.
 
-Specs: `layerskip:N` (the target's first N layers), `eagle[:DIR]` (a feature-level head, fresh or warmed up by
-`onlinespec warmup`), `none` (plain autoregressive decoding), or any model spec (`smollm2-135m`, a directory, a
-.gguf file, a hub id) for an independent draft LM with the target's tokenizer.
+Specs: `layerskip:N` (the target's first N layers), `eagle[:DIR]`, `medusa[:DIR]`, `hydra[:DIR]` (a feature-level
+head, fresh or warmed up by `onlinespec warmup`), `none` (plain autoregressive decoding), or any model spec
+(`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the target's tokenizer.
 """
 
 from __future__ import annotations

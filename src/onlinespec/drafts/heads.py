@@ -1,7 +1,7 @@
 """Feature-level head drafts by kind: build a fresh head for a target, or load a warmed-up one from a directory.
 
 Specs: `eagle` (a fresh, untrained head) or `eagle:DIR` (a head saved by `onlinespec warmup`); the same for the
-other head kinds registered in HEAD_KINDS.
+other head kinds registered in HEAD_KINDS (`medusa`, `hydra`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,16 @@ from torch import nn
 
 from onlinespec.drafts.eagle import EagleDraft, EagleHead
 from onlinespec.drafts.head_store import VOCAB_KEY, load_into, read_head
+from onlinespec.drafts.hydra import HydraHead
+from onlinespec.drafts.medusa import DepthHeadsDraft, MedusaHead
 from onlinespec.errors import UserError
 
 # kind -> (head module class, draft class). Each head class takes (target, vocab_ids, **store_config).
-HEAD_KINDS: dict[str, tuple[type[nn.Module], type]] = {"eagle": (EagleHead, EagleDraft)}
+HEAD_KINDS: dict[str, tuple[type[nn.Module], type]] = {
+    "eagle": (EagleHead, EagleDraft),
+    "medusa": (MedusaHead, DepthHeadsDraft),
+    "hydra": (HydraHead, DepthHeadsDraft),
+}
 
 
 def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = None, **layout) -> nn.Module:
