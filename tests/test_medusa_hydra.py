@@ -3,8 +3,6 @@ full and reduced draft vocabulary), distillation that really teaches them, save/
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from conftest import run_ar, run_spec, tiny_llama
@@ -263,7 +261,7 @@ def test_save_load_round_trip(target, trained, tmp_path, kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_online_learning_updates_the_live_draft(target, kind: str) -> None:
     draft = make_head_draft(kind, target)
-    initial = copy.deepcopy({n: p.detach().clone() for n, p in draft.model.named_parameters()})
+    initial = {n: p.detach().clone() for n, p in draft.model.named_parameters()}
     engine = SpeculativeEngine(target, draft)
     online = OnlineLearning(
         engine, OnlineConfig(learner="ogd", learner_cfg=LearnerConfig(lr=0.05), round_requests=1, schedule="sync")
