@@ -140,7 +140,7 @@ class SpeculativeEngine:
         self.draft.commit(n, None if self.features is None else self.features[length - 1 : length + n])
         stats.target_s += time.perf_counter() - toc
         stats.target_forwards += 1
-        stats.count_step(k, n)
+        stats.count_step(proposal.tokens.shape[0], n)  # a draft with H heads proposes min(k, H)
 
         if self.listeners:
             record = FeedbackRecord(

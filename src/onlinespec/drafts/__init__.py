@@ -1,9 +1,9 @@
 """Draft kinds behind one protocol (`Draft`), and `make_draft` which builds one from a spec string.
 
-Specs: `layerskip:N` (the target's first N layers), `eagle[:DIR|:fresh]` (a feature-level head: the bundled
-one, one warmed up by `onlinespec warmup`, or untrained), `none` (plain autoregressive decoding), or any model
-spec (`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the target's
-tokenizer.
+Specs: `layerskip:N` (the target's first N layers), `eagle|medusa|hydra[:DIR|:fresh]` (a feature-level head:
+the bundled one, one warmed up by `onlinespec warmup`, or untrained), `none` (plain autoregressive decoding), or
+any model spec (`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the
+target's tokenizer.
 """
 
 from __future__ import annotations

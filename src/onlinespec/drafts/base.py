@@ -36,7 +36,8 @@ class Draft(Protocol):
     def propose(
         self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
     ) -> Proposal:
-        """Draft k tokens continuing the committed sequence ids: LongTensor [L]."""
+        """Draft k tokens continuing the committed sequence ids: LongTensor [L]. A draft that cannot look k
+        tokens ahead (Medusa/Hydra with H < k heads) proposes fewer; the engine verifies what it gets."""
 
     def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
         """Draft a greedy candidate tree (decoding/tree.py) of depth <= max_depth continuing ids [L]."""

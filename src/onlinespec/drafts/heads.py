@@ -14,10 +14,16 @@ from torch import nn
 
 from onlinespec.drafts.eagle import EagleDraft, EagleHead
 from onlinespec.drafts.head_store import VOCAB_KEY, load_into, read_head
+from onlinespec.drafts.hydra import HydraHead
+from onlinespec.drafts.medusa import DepthHeadsDraft, MedusaHead
 from onlinespec.errors import UserError
 
 # kind -> (head module class, draft class). Each head class takes (target, vocab_ids, **store_config).
-HEAD_KINDS: dict[str, tuple[type[nn.Module], type]] = {"eagle": (EagleHead, EagleDraft)}
+HEAD_KINDS: dict[str, tuple[type[nn.Module], type]] = {
+    "eagle": (EagleHead, EagleDraft),
+    "medusa": (MedusaHead, DepthHeadsDraft),
+    "hydra": (HydraHead, DepthHeadsDraft),
+}
 
 
 def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = None, **layout) -> nn.Module:
