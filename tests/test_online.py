@@ -110,6 +110,18 @@ def test_mismatch_positions_only() -> None:
     assert all(t.numel() == 4 for t in buffer.requests[1].top_ids)
 
 
+def test_private_requests_leave_no_feedback() -> None:
+    target = tiny_llama(seed=0)
+    engine = SpeculativeEngine(target, damaged_draft(target))
+    online = OnlineLearning(engine, OnlineConfig(learner="ogd", round_requests=2, schedule="sync"))
+    prompt = shifted_stream()[0]
+    with online.private():
+        run_spec(engine, prompt, GEN)
+    assert online.buffer.size == 0
+    run_spec(engine, prompt, GEN)
+    assert online.buffer.size > 0  # the same request, not private, is learned from
+
+
 def test_buffer_is_bounded() -> None:
     buffer = FeedbackBuffer(top_k=2, max_positions=10)
     target = tiny_llama(seed=3)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,8 +90,9 @@ class OnlineLearning:
         # The static baseline decodes without learning: no buffer, no update, zero update time.
         self.learning = cfg.learner != "static"
         self.buffer = FeedbackBuffer(cfg.top_k, cfg.positions, cfg.max_positions)
+        self._private = False  # True while a request that must not be learned from decodes
         if self.learning:
-            engine.add_listener(self.buffer.add)
+            engine.add_listener(self._on_feedback)
         named_live = dict(draft.model.named_parameters())
         self.live = [named_live[n] for n in draft.trainable]
         self.objective = DraftObjective(training_copy(draft.model, draft.trainable), draft.trainable, cfg.loss)
@@ -102,6 +105,20 @@ class OnlineLearning:
         self._pending_result: dict = {}
         if cfg.state_dir:
             self._restore(cfg.state_dir)
+
+    def _on_feedback(self, record) -> None:
+        if not self._private:
+            self.buffer.add(record)
+
+    @contextmanager
+    def private(self) -> Iterator[None]:
+        """Decode the requests inside this block without learning from them (feedback opt-out): their verify
+        steps are not buffered. Do not pass their stats to `after_request` either."""
+        self._private = True
+        try:
+            yield
+        finally:
+            self._private = False
 
     # --- round boundary -------------------------------------------------------------------------------------
     def after_request(self, stats: RequestStats) -> dict | None:
