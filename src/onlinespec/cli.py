@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat", action="store_true", help="use the prompt as raw text, no chat template")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     add_learning_flags(gen)
+    from onlinespec.serve.command import add_serve_parser  # no FastAPI import until `serve` runs
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "serve":
+            from onlinespec.serve.command import cmd_serve
+
+            return cmd_serve(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
