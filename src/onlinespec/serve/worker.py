@@ -133,8 +133,9 @@ class Worker:
             if self.online is not None:
                 named = dict(zip(self.online.draft.trainable, self.online.live, strict=True))
                 info["digest"] = tensors_digest(named)
-            elif draft is not None and hasattr(draft, "model"):
-                info["digest"] = tensors_digest(dict(draft.model.named_parameters()))
+            elif draft is not None and hasattr(draft, "trainable"):
+                named = dict(draft.model.named_parameters())
+                info["digest"] = tensors_digest({name: named[name] for name in draft.trainable})
         return info
 
     def shutdown(self) -> None:
