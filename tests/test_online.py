@@ -193,3 +193,15 @@ def test_overlap_close_publishes_and_saves_the_last_update(tmp_path: Path) -> No
     assert info["round"] == 12 and learner_state["round"] == 12  # close() finished round 12's update
     for live, (name, saved) in zip(online.live, draft.items(), strict=True):
         assert torch.equal(live, saved), name
+
+
+def test_background_checkpoints_match_what_was_published(tmp_path: Path) -> None:
+    from onlinespec.online.state_store import load_state
+
+    state = tmp_path / "state"
+    _, online, _ = run_stream("ogd", schedule="overlap", state_dir=str(state), save_in_background=True)
+    assert sorted(p.name for p in state.glob("state-*")) == ["state-000010", "state-000011", "state-000012"]
+    draft, learner_state, info = load_state(state)  # close() waited for the last write, then saved round 12
+    assert info["round"] == 12 and learner_state["round"] == 12
+    for live, (name, saved) in zip(online.live, draft.items(), strict=True):
+        assert torch.equal(live, saved), name

@@ -3,8 +3,8 @@
 
 The served model has no end-of-sequence token, so every answer runs to max_tokens: lengths and timings are
 predictable. Servers: `static` (no learning: exact equality with the engine, bad input, API key, queue, metrics),
-`learning` (OGD with a draft-state dir: greedy equality while learning, opt-out, disconnects, SIGTERM), and
-short-lived ones for SIGKILL and the request timeout.
+`learning` (OGD with a draft-state dir: greedy equality while learning, opt-out, disconnects, SIGTERM), a restart
+of it, and a pair for SIGKILL (whose restarted server also checks the request timeout).
 """
 
 from __future__ import annotations
@@ -453,15 +453,20 @@ def test_sigterm_during_traffic_saves_the_state_and_a_new_process_restores_it(
 # --- nothing lost: SIGKILL, corrupt snapshots, timeouts -------------------------------------------------------------
 
 
-def test_sigkill_during_checkpoints_then_a_corrupt_snapshot_falls_back(model_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def after_sigkill(model_dir: Path, tmp_path_factory):
+    """SIGKILL a learning server amid traffic with a checkpoint after every request, damage the newest snapshot as a
+    half-written file would be, and restart on the same state (with a 50 ms request timeout, for the next test).
+    Yields (restarted server, newest snapshot's name and digest, the fallback's name, round and digest)."""
     from onlinespec.serve.worker import tensors_digest
 
-    state = tmp_path / "state"
+    root = tmp_path_factory.mktemp("sigkill")
+    state = root / "state"
     flags = ("--learner", "ogd", "--lr", "0.5", "--round-size", "1", "--schedule", "sync", "--draft-state", str(state))
-    server = Server(model_dir, tmp_path / "a.log", *flags)
+    server = Server(model_dir, root / "a.log", *flags)
     stop = threading.Event()
 
-    def traffic() -> None:  # a checkpoint after every request
+    def traffic() -> None:
         while not stop.is_set():
             try:
                 server.post(C, {"prompt": "the cat", "max_tokens": 6})
@@ -482,29 +487,29 @@ def test_sigkill_during_checkpoints_then_a_corrupt_snapshot_falls_back(model_dir
     newest, fallback = snapshots[info["round"]], max(r for r in snapshots if r != info["round"])
     newest_digest = tensors_digest(tensors)  # before the file under these (memory-mapped) tensors is damaged
     (newest / "draft.safetensors").write_bytes((newest / "draft.safetensors").read_bytes()[:100])  # half-written
-    good = load_file(snapshots[fallback] / "draft.safetensors")
-    restarted = Server(model_dir, tmp_path / "b.log", *flags)
-    try:
-        assert f"state {newest.name} is corrupt or incomplete; using {snapshots[fallback].name}" in restarted.log()
-        draft = restarted.get("/draft").json()
-        assert draft["round"] == fallback and draft["digest"] == tensors_digest(good) != newest_digest
-    finally:
-        restarted.stop()
+    good = tensors_digest(load_file(snapshots[fallback] / "draft.safetensors"))
+    restarted = Server(model_dir, root / "b.log", *flags, "--request-timeout", "0.05")
+    yield restarted, (newest.name, newest_digest), (snapshots[fallback].name, fallback, good)
+    restarted.stop()
 
 
-def test_request_timeout_is_504_or_an_error_event(model_dir: Path, tmp_path: Path) -> None:
-    server = Server(model_dir, tmp_path / "t.log", "--learner", "static", "--request-timeout", "0.05")
-    try:
-        r = server.post(C, {"prompt": "the cat", "max_tokens": 500})  # >= 125 target forwards: never in 50 ms
-        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
-        assert "--request-timeout" in r.json()["error"]["message"]
-        body = {"prompt": "the cat", "max_tokens": 500, "stream": True}
-        with httpx.stream("POST", f"{server.url}{C}", json=body) as s:
-            events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
-        assert events[-1]["error"]["code"] == "timeout"
-        assert server.get("/health").json()["in_flight"] == 0
-    finally:
-        server.stop()
+def test_sigkill_during_checkpoints_then_a_corrupt_snapshot_falls_back(after_sigkill) -> None:
+    restarted, (newest, newest_digest), (fallback, fallback_round, fallback_digest) = after_sigkill
+    assert f"state {newest} is corrupt or incomplete; using {fallback}" in restarted.log()
+    draft = restarted.get("/draft").json()
+    assert draft["round"] == fallback_round and draft["digest"] == fallback_digest != newest_digest
+
+
+def test_request_timeout_is_504_or_an_error_event(after_sigkill) -> None:
+    server = after_sigkill[0]  # started with --request-timeout 0.05
+    r = server.post(C, {"prompt": "the cat", "max_tokens": 500})  # >= 125 target forwards: never in 50 ms
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+    assert "--request-timeout" in r.json()["error"]["message"]
+    body = {"prompt": "the cat", "max_tokens": 500, "stream": True}
+    with httpx.stream("POST", f"{server.url}{C}", json=body) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["error"]["code"] == "timeout"
+    assert server.get("/health").json()["in_flight"] == 0
 
 
 @pytest.mark.parametrize(

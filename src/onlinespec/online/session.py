@@ -46,6 +46,7 @@ class OnlineConfig:
     schedule: str = "overlap"  # measured faster end to end on 2 cores (README, bench_online.py)
     state_dir: str | None = None  # load/save the evolving draft and learner here
     save_every: int = 1  # rounds between snapshots (and one at close)
+    save_in_background: bool = False  # copy the state at the boundary, write it in a thread (off the decoding path)
     telemetry: str | None = None  # JSON lines, one per round
 
     def __post_init__(self) -> None:
@@ -103,6 +104,8 @@ class OnlineLearning:
         self.history: list[dict] = []
         self._pending: threading.Thread | None = None
         self._pending_result: dict = {}
+        self._saver: threading.Thread | None = None  # a snapshot being written (save_in_background)
+        self._saver_error: str | None = None
         if cfg.state_dir:
             self._restore(cfg.state_dir)
 
@@ -165,7 +168,10 @@ class OnlineLearning:
         # Save while no update is in flight, so the snapshot is consistent (in "overlap" it lacks this round's
         # feedback, which is being learned in the background: a crash loses at most that round).
         if self.cfg.state_dir and self.round % self.cfg.save_every == 0:
-            self.save(self.cfg.state_dir)
+            if self.cfg.save_in_background:
+                self._save_in_background(self.cfg.state_dir)
+            else:
+                self.save(self.cfg.state_dir)
         if self.learning and self.cfg.schedule == "overlap":
             self._pending = threading.Thread(target=self._background_update, args=(examples,), daemon=True)
             self._pending.start()
@@ -176,6 +182,7 @@ class OnlineLearning:
         if self._pending is not None:
             self._finish_pending()
             self._publish()
+        self._finish_saving()
         if self.cfg.state_dir:
             self.save(self.cfg.state_dir)
 
@@ -214,8 +221,34 @@ class OnlineLearning:
     # --- persistence -----------------------------------------------------------------------------------------
     def save(self, directory: str) -> Path:
         named = dict(zip(self.draft.trainable, self.objective.parameters(), strict=True))
-        info = {"round": self.round, "draft": self.draft.name, "config": _jsonable(asdict(self.cfg))}
-        return save_state(directory, named, self.learner.state_dict(), info)
+        return save_state(directory, named, self.learner.state_dict(), self._info())
+
+    def _info(self) -> dict:
+        return {"round": self.round, "draft": self.draft.name, "config": _jsonable(asdict(self.cfg))}
+
+    def _save_in_background(self, directory: str) -> None:
+        """Copy the state now (no update is in flight, so it is consistent) and write it in a thread; one write
+        at a time. A write still running from the previous checkpoint is waited for first."""
+        self._finish_saving()
+        named = {n: p.detach().clone() for n, p in zip(self.draft.trainable, self.objective.parameters(), strict=True)}
+        args = (directory, named, self.learner.state_dict(), self._info())
+        self._saver = threading.Thread(target=self._write_snapshot, args=args, daemon=True)
+        self._saver.start()
+
+    def _write_snapshot(self, *args) -> None:
+        try:
+            save_state(*args)
+        except Exception as exc:  # surfaced at the next checkpoint or at close, never swallowed
+            self._saver_error = repr(exc)
+
+    def _finish_saving(self) -> None:
+        if self._saver is None:
+            return
+        self._saver.join()
+        self._saver = None
+        error, self._saver_error = self._saver_error, None
+        if error is not None:
+            raise RuntimeError(f"background checkpoint failed: {error}")
 
     def _restore(self, directory: str) -> None:
         loaded = load_state(directory)

@@ -132,7 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")
-        cfg = replace(online_config_from_args(args), save_every=args.checkpoint_every)
+        # Snapshots are copied at the round boundary and written in a thread: ~1 s for a layerskip:4 draft of
+        # the embedded model with its OGD state, which would otherwise stall decoding every checkpoint.
+        cfg = replace(online_config_from_args(args), save_every=args.checkpoint_every, save_in_background=True)
         online = OnlineLearning(pipe.engine, cfg)
         if args.draft_state:
             if online.round:

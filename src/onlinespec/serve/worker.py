@@ -231,8 +231,8 @@ class Worker:
         try:
             with self.draft_lock:
                 record = self.online.after_request(stats)
-        except Exception:  # a failed background update: logged and counted, serving goes on with the last draft
-            log.exception("draft update failed")
+        except Exception:  # a failed background update or checkpoint: logged and counted, serving goes on
+            log.exception("draft update or checkpoint failed")
             self.metrics.count_learner_error()
             return
         if record is not None:
@@ -245,5 +245,5 @@ class Worker:
                 record["tau"],
                 record["alpha"],
                 record["requests"],
-                f"; checkpoint in {cfg.state_dir}" if saved else "",
+                f"; checkpoint to {cfg.state_dir}" if saved else "",
             )
