@@ -205,3 +205,21 @@ def test_background_checkpoints_match_what_was_published(tmp_path: Path) -> None
     assert info["round"] == 12 and learner_state["round"] == 12
     for live, (name, saved) in zip(online.live, draft.items(), strict=True):
         assert torch.equal(live, saved), name
+
+
+def test_overlap_without_waiting_postpones_busy_boundaries() -> None:
+    target = tiny_llama(seed=0)
+    engine = SpeculativeEngine(target, damaged_draft(target))
+    slow = LearnerConfig(lr=LEARNED_LR, passes=40)  # an update takes far longer than one tiny request
+    online = OnlineLearning(
+        engine, OnlineConfig(learner="ogd", learner_cfg=slow, round_requests=1, wait_for_update=False)
+    )
+    records = []
+    for prompt in shifted_stream(per_domain=4):
+        _, stats = run_spec(engine, prompt, GEN)
+        records.append(online.after_request(stats))
+    online.close()
+    rounds = [r for r in records if r]
+    assert len(rounds) < len(records)  # some boundaries were postponed...
+    assert sum(r["requests"] for r in rounds) <= len(records) and any(r["requests"] > 1 for r in rounds)
+    assert all(r["update_blocking_s"] < 0.1 for r in rounds)  # ...so no boundary waited for an update

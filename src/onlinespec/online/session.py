@@ -47,6 +47,9 @@ class OnlineConfig:
     state_dir: str | None = None  # load/save the evolving draft and learner here
     save_every: int = 1  # rounds between snapshots (and one at close)
     save_in_background: bool = False  # copy the state at the boundary, write it in a thread (off the decoding path)
+    # "overlap" only: False postpones a round boundary that finds the previous update still running to a later
+    # request, so decoding never waits for an update (rounds may then grow beyond round_requests/round_tokens).
+    wait_for_update: bool = True
     telemetry: str | None = None  # JSON lines, one per round
 
     def __post_init__(self) -> None:
@@ -133,6 +136,8 @@ class OnlineLearning:
                 return None
         elif c.requests < self.cfg.round_requests:
             return None
+        if not self.cfg.wait_for_update and self._pending is not None and self._pending.is_alive():
+            return None  # the previous round's update is still running: extend this round instead of waiting
         return self.end_round()
 
     def end_round(self) -> dict:

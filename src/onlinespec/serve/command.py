@@ -132,9 +132,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")
-        # Snapshots are copied at the round boundary and written in a thread: ~1 s for a layerskip:4 draft of
-        # the embedded model with its OGD state, which would otherwise stall decoding every checkpoint.
-        cfg = replace(online_config_from_args(args), save_every=args.checkpoint_every, save_in_background=True)
+        # Decoding never waits for the learner: a round boundary that finds the last update still running is
+        # postponed, and snapshots are copied at the boundary and written in a thread (~1 s for a layerskip:4
+        # draft of the embedded model with its OGD state, which would otherwise stall decoding every checkpoint).
+        cfg = replace(
+            online_config_from_args(args),
+            save_every=args.checkpoint_every,
+            save_in_background=True,
+            wait_for_update=False,
+        )
         online = OnlineLearning(pipe.engine, cfg)
         if args.draft_state:
             if online.round:
