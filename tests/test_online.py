@@ -203,6 +203,7 @@ def test_background_checkpoints_match_what_was_published(tmp_path: Path) -> None
     assert sorted(p.name for p in state.glob("state-*")) == ["state-000010", "state-000011", "state-000012"]
     draft, learner_state, info = load_state(state)  # close() waited for the last write, then saved round 12
     assert info["round"] == 12 and learner_state["round"] == 12
+    assert [r["round"] for r in online.history] == list(range(1, 13))  # not the learner's lagging count
     for live, (name, saved) in zip(online.live, draft.items(), strict=True):
         assert torch.equal(live, saved), name
 

@@ -164,7 +164,8 @@ class OnlineLearning:
             "decode_s": counters.wall_s,
             "update_blocking_s": blocking_s,  # time decoding waited at this boundary
             "positions": sum(len(e.pred_index) for e in examples),
-            **result,
+            # the learner's own round count must not overwrite ours: in "overlap" it lags by one
+            **{("updated_round" if key == "round" else key): value for key, value in result.items()},
         }
         self.history.append(record)
         if self.cfg.telemetry:

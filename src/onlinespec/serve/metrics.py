@@ -103,7 +103,8 @@ class ServerMetrics:
                 self.updates += 1
                 self.update_seconds += float(record["update_s"])
             self.update_blocking_seconds += float(record.get("update_blocking_s", 0.0))
-            skip = {"round", "requests", "tokens", "positions", "update_s", "update_blocking_s", "decode_s"}
+            skip = {"round", "updated_round", "requests", "tokens", "positions", "update_s", "update_blocking_s"}
+            skip.add("decode_s")
             self.telemetry = {
                 k: float(v)
                 for k, v in record.items()
