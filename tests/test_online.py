@@ -110,6 +110,18 @@ def test_mismatch_positions_only() -> None:
     assert all(t.numel() == 4 for t in buffer.requests[1].top_ids)
 
 
+def test_private_requests_leave_no_feedback() -> None:
+    target = tiny_llama(seed=0)
+    engine = SpeculativeEngine(target, damaged_draft(target))
+    online = OnlineLearning(engine, OnlineConfig(learner="ogd", round_requests=2, schedule="sync"))
+    prompt = shifted_stream()[0]
+    with online.private():
+        run_spec(engine, prompt, GEN)
+    assert online.buffer.size == 0
+    run_spec(engine, prompt, GEN)
+    assert online.buffer.size > 0  # the same request, not private, is learned from
+
+
 def test_buffer_is_bounded() -> None:
     buffer = FeedbackBuffer(top_k=2, max_positions=10)
     target = tiny_llama(seed=3)
@@ -181,3 +193,34 @@ def test_overlap_close_publishes_and_saves_the_last_update(tmp_path: Path) -> No
     assert info["round"] == 12 and learner_state["round"] == 12  # close() finished round 12's update
     for live, (name, saved) in zip(online.live, draft.items(), strict=True):
         assert torch.equal(live, saved), name
+
+
+def test_background_checkpoints_match_what_was_published(tmp_path: Path) -> None:
+    from onlinespec.online.state_store import load_state
+
+    state = tmp_path / "state"
+    _, online, _ = run_stream("ogd", schedule="overlap", state_dir=str(state), save_in_background=True)
+    assert sorted(p.name for p in state.glob("state-*")) == ["state-000010", "state-000011", "state-000012"]
+    draft, learner_state, info = load_state(state)  # close() waited for the last write, then saved round 12
+    assert info["round"] == 12 and learner_state["round"] == 12
+    assert [r["round"] for r in online.history] == list(range(1, 13))  # not the learner's lagging count
+    for live, (name, saved) in zip(online.live, draft.items(), strict=True):
+        assert torch.equal(live, saved), name
+
+
+def test_overlap_without_waiting_postpones_busy_boundaries() -> None:
+    target = tiny_llama(seed=0)
+    engine = SpeculativeEngine(target, damaged_draft(target))
+    slow = LearnerConfig(lr=LEARNED_LR, passes=40)  # an update takes far longer than one tiny request
+    online = OnlineLearning(
+        engine, OnlineConfig(learner="ogd", learner_cfg=slow, round_requests=1, wait_for_update=False)
+    )
+    records = []
+    for prompt in shifted_stream(per_domain=4):
+        _, stats = run_spec(engine, prompt, GEN)
+        records.append(online.after_request(stats))
+    online.close()
+    rounds = [r for r in records if r]
+    assert len(rounds) < len(records)  # some boundaries were postponed...
+    assert sum(r["requests"] for r in rounds) <= len(records) and any(r["requests"] > 1 for r in rounds)
+    assert all(r["update_blocking_s"] < 0.1 for r in rounds)  # ...so no boundary waited for an update

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     from onlinespec.export_command import add_export_parser
 
     add_export_parser(commands)
+
+    from onlinespec.serve.command import add_serve_parser  # no FastAPI import until `serve` runs
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -260,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             from onlinespec.export_command import cmd_export
 
             return cmd_export(args)
+        if args.command == "serve":
+            from onlinespec.serve.command import cmd_serve
+
+            return cmd_serve(args)
     except UserError as exc:
         print(f"onlinespec: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,10 @@ class OnlineConfig:
     schedule: str = "overlap"  # measured faster end to end on 2 cores (README, bench_online.py)
     state_dir: str | None = None  # load/save the evolving draft and learner here
     save_every: int = 1  # rounds between snapshots (and one at close)
+    save_in_background: bool = False  # copy the state at the boundary, write it in a thread (off the decoding path)
+    # "overlap" only: False postpones a round boundary that finds the previous update still running to a later
+    # request, so decoding never waits for an update (rounds may then grow beyond round_requests/round_tokens).
+    wait_for_update: bool = True
     telemetry: str | None = None  # JSON lines, one per round
 
     def __post_init__(self) -> None:
@@ -87,8 +93,9 @@ class OnlineLearning:
         # The static baseline decodes without learning: no buffer, no update, zero update time.
         self.learning = cfg.learner != "static"
         self.buffer = FeedbackBuffer(cfg.top_k, cfg.positions, cfg.max_positions)
+        self._private = False  # True while a request that must not be learned from decodes
         if self.learning:
-            engine.add_listener(self.buffer.add)
+            engine.add_listener(self._on_feedback)
         named_live = dict(draft.model.named_parameters())
         self.live = [named_live[n] for n in draft.trainable]
         self.objective = DraftObjective(draft, training_copy(draft.model, draft.trainable), cfg.loss)
@@ -99,8 +106,24 @@ class OnlineLearning:
         self.history: list[dict] = []
         self._pending: threading.Thread | None = None
         self._pending_result: dict = {}
+        self._saver: threading.Thread | None = None  # a snapshot being written (save_in_background)
+        self._saver_error: str | None = None
         if cfg.state_dir:
             self._restore(cfg.state_dir)
+
+    def _on_feedback(self, record) -> None:
+        if not self._private:
+            self.buffer.add(record)
+
+    @contextmanager
+    def private(self) -> Iterator[None]:
+        """Decode the requests inside this block without learning from them (feedback opt-out): their verify
+        steps are not buffered. Do not pass their stats to `after_request` either."""
+        self._private = True
+        try:
+            yield
+        finally:
+            self._private = False
 
     # --- round boundary -------------------------------------------------------------------------------------
     def after_request(self, stats: RequestStats) -> dict | None:
@@ -112,6 +135,8 @@ class OnlineLearning:
                 return None
         elif c.requests < self.cfg.round_requests:
             return None
+        if not self.cfg.wait_for_update and self._pending is not None and self._pending.is_alive():
+            return None  # the previous round's update is still running: extend this round instead of waiting
         return self.end_round()
 
     def end_round(self) -> dict:
@@ -138,7 +163,8 @@ class OnlineLearning:
             "decode_s": counters.wall_s,
             "update_blocking_s": blocking_s,  # time decoding waited at this boundary
             "positions": sum(len(e.pred_index) for e in examples),
-            **result,
+            # the learner's own round count must not overwrite ours: in "overlap" it lags by one
+            **{("updated_round" if key == "round" else key): value for key, value in result.items()},
         }
         self.history.append(record)
         if self.cfg.telemetry:
@@ -147,7 +173,10 @@ class OnlineLearning:
         # Save while no update is in flight, so the snapshot is consistent (in "overlap" it lacks this round's
         # feedback, which is being learned in the background: a crash loses at most that round).
         if self.cfg.state_dir and self.round % self.cfg.save_every == 0:
-            self.save(self.cfg.state_dir)
+            if self.cfg.save_in_background:
+                self._save_in_background(self.cfg.state_dir)
+            else:
+                self.save(self.cfg.state_dir)
         if self.learning and self.cfg.schedule == "overlap":
             self._pending = threading.Thread(target=self._background_update, args=(examples,), daemon=True)
             self._pending.start()
@@ -158,6 +187,7 @@ class OnlineLearning:
         if self._pending is not None:
             self._finish_pending()
             self._publish()
+        self._finish_saving()
         if self.cfg.state_dir:
             self.save(self.cfg.state_dir)
 
@@ -196,8 +226,34 @@ class OnlineLearning:
     # --- persistence -----------------------------------------------------------------------------------------
     def save(self, directory: str) -> Path:
         named = dict(zip(self.draft.trainable, self.objective.parameters(), strict=True))
-        info = {"round": self.round, "draft": self.draft.name, "config": _jsonable(asdict(self.cfg))}
-        return save_state(directory, named, self.learner.state_dict(), info)
+        return save_state(directory, named, self.learner.state_dict(), self._info())
+
+    def _info(self) -> dict:
+        return {"round": self.round, "draft": self.draft.name, "config": _jsonable(asdict(self.cfg))}
+
+    def _save_in_background(self, directory: str) -> None:
+        """Copy the state now (no update is in flight, so it is consistent) and write it in a thread; one write
+        at a time. A write still running from the previous checkpoint is waited for first."""
+        self._finish_saving()
+        named = {n: p.detach().clone() for n, p in zip(self.draft.trainable, self.objective.parameters(), strict=True)}
+        args = (directory, named, self.learner.state_dict(), self._info())
+        self._saver = threading.Thread(target=self._write_snapshot, args=args, daemon=True)
+        self._saver.start()
+
+    def _write_snapshot(self, *args) -> None:
+        try:
+            save_state(*args)
+        except Exception as exc:  # surfaced at the next checkpoint or at close, never swallowed
+            self._saver_error = repr(exc)
+
+    def _finish_saving(self) -> None:
+        if self._saver is None:
+            return
+        self._saver.join()
+        self._saver = None
+        error, self._saver_error = self._saver_error, None
+        if error is not None:
+            raise RuntimeError(f"background checkpoint failed: {error}")
 
     def _restore(self, directory: str) -> None:
         loaded = load_state(directory)

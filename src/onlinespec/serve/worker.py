@@ -1,0 +1,249 @@
+"""The decoding thread: requests wait in a bounded queue and are decoded one at a time (batch 1).
+
+Each finished (or aborted) request's stats go to the online learner, whose round boundaries publish new draft
+weights; that happens here, between requests, never during one. With the "overlap" schedule the update itself
+runs in the learner's background thread, so decoding does not wait for it. A job is aborted between two decoding
+steps when its client went away, its deadline passed, or the server's shutdown grace ran out; an aborted
+request's verify steps are exact feedback, so it still counts towards the round and the learner stays consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from onlinespec.decoding.config import GenerationConfig
+from onlinespec.pipeline import GenerationResult, Pipeline
+from onlinespec.serve.errors import ApiError
+from onlinespec.serve.metrics import ServerMetrics
+from onlinespec.text_stream import TextStream
+
+log = logging.getLogger("onlinespec.serve")
+
+
+@dataclass
+class Delta:
+    """New text that can be shown (streaming jobs only)."""
+
+    text: str
+
+
+@dataclass
+class Done:
+    result: GenerationResult
+    tail: str  # streaming: the text not yet sent as a Delta
+    speculative: dict  # per-request stats and serving details (the response's `speculative` field)
+
+
+@dataclass
+class Failed:
+    error: ApiError
+
+
+@dataclass
+class Job:
+    """One request, handed from an HTTP handler (event loop) to the decoding thread; events flow back."""
+
+    prompt_ids: torch.Tensor  # LongTensor [T]
+    cfg: GenerationConfig
+    learn: bool  # False: private, never learned from (feedback opt-out)
+    stream: bool
+    deadline: float  # time.monotonic() after which the request is aborted (504)
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    created: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event: Delta | Done | Failed) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop is already closed: nobody is listening
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def tensors_digest(named: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, fp32 bytes) of every tensor, in name order: identifies a draft's weights."""
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        digest.update(name.encode())
+        digest.update(named[name].detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Worker:
+    """Owns the pipeline and the learner: only its thread decodes, learns and publishes."""
+
+    def __init__(self, pipe: Pipeline, online, metrics: ServerMetrics, max_queue: int, request_timeout_s: float):
+        self.pipe = pipe
+        self.online = online  # an OnlineLearning, or None (static draft, nothing saved)
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.draft_lock = threading.Lock()  # publication (after_request) vs. reading the live draft
+        self.in_flight = 0
+        self.accepting = True
+        self.abort_after = math.inf  # time.monotonic() after which running jobs are aborted (shutdown)
+        self._thread = threading.Thread(target=self._run, name="onlinespec-decoder", daemon=True)
+        self._closed = False
+
+    # --- event-loop side ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job, or refuse it: 503 while shutting down or when the queue is full."""
+        if not self.accepting:
+            raise ApiError(503, "the server is shutting down", code="shutting_down")
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise ApiError(
+                503,
+                f"the server is busy: {self.jobs.maxsize} requests are already waiting; retry later",
+                code="queue_full",
+                headers={"Retry-After": str(self.retry_after_s())},
+            ) from None
+
+    def retry_after_s(self) -> int:
+        """Seconds until a queue slot is likely free: one mean request time (at least 1)."""
+        mean = self.metrics.latency.sum / self.metrics.latency.count if self.metrics.latency.count else 1.0
+        return max(1, math.ceil(mean))
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """Refuse new requests; the queued and running ones may finish within `grace_s`, then they are aborted."""
+        self.accepting = False
+        self.abort_after = time.monotonic() + grace_s
+
+    def draft_info(self) -> dict:
+        """Which draft is live: its round and a digest of its trainable weights (blocks briefly; use a thread)."""
+        draft = self.pipe.draft
+        info = {"draft": getattr(draft, "name", None), "learner": self.online.cfg.learner if self.online else None}
+        with self.draft_lock:
+            info["round"] = self.online.round if self.online else 0
+            if self.online is not None:
+                named = dict(zip(self.online.draft.trainable, self.online.live, strict=True))
+                info["digest"] = tensors_digest(named)
+            elif draft is not None and hasattr(draft, "trainable"):
+                named = dict(draft.model.named_parameters())
+                info["digest"] = tensors_digest({name: named[name] for name in draft.trainable})
+        return info
+
+    def shutdown(self) -> None:
+        """Stop the decoding thread, then finish the learner's pending update and save the state. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.accepting = False
+        if self._thread.is_alive():
+            self.abort_after = min(self.abort_after, time.monotonic())
+            self.jobs.put(None)
+            self._thread.join()
+        if self.online is not None:
+            with self.draft_lock:
+                self.online.close()
+            if self.online.cfg.state_dir:
+                log.info("saved draft state (round %d) to %s", self.online.round, self.online.cfg.state_dir)
+
+    # --- decoding thread -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            self.in_flight = 1
+            try:
+                self._serve(job)
+            except Exception as exc:  # a bug: answer 500, keep serving, keep the traceback in the log
+                log.exception("request failed")
+                job.emit(Failed(ApiError(500, f"internal error: {exc!r}", code="internal_error")))
+            finally:
+                self.in_flight = 0
+
+    def _abort_reason(self, job: Job) -> ApiError | None:
+        now = time.monotonic()
+        if job.cancelled.is_set():
+            return ApiError(499, "the client closed the request", code="cancelled")
+        if now > job.deadline:
+            return ApiError(
+                504,
+                f"the request did not finish within {self.request_timeout_s:g} s (--request-timeout)",
+                code="timeout",
+            )
+        if now > self.abort_after:
+            return ApiError(503, "the server is shutting down; the request was aborted", code="shutting_down")
+        return None
+
+    def _serve(self, job: Job) -> None:
+        started = time.monotonic()
+        refused = self._abort_reason(job)
+        if refused is not None:
+            job.emit(Failed(refused))
+            return
+        learner = self.online
+        round_used = learner.round if learner is not None else 0
+        private = learner is not None and not job.learn
+        generation = self.pipe.start(job.prompt_ids, job.cfg)
+        text = TextStream(self.pipe.tokenizer, job.cfg.stop) if job.stream else None
+        first_token_at, aborted = None, None
+        steps = iter(generation)
+        with learner.private() if private else contextlib.nullcontext():
+            try:
+                for _ in steps:
+                    first_token_at = first_token_at or time.monotonic()
+                    if text is not None and (piece := text.push(generation.stop.token_ids)):
+                        job.emit(Delta(piece))
+                    if (aborted := self._abort_reason(job)) is not None:
+                        break
+            finally:
+                steps.close()  # an abandoned request leaves no half-run generator behind
+        stop, stats = generation.stop, generation.stats
+        result = GenerationResult(stop.text(), list(stop.token_ids), stop.finish_reason or "length", stats)
+        learned = learner is not None and job.learn and learner.learning
+        if learner is not None and job.learn:
+            self._after_request(stats)
+        finished = time.monotonic()
+        queue_s = started - job.created
+        ttft_s = (first_token_at or finished) - job.created
+        finish_reason = aborted.code if aborted is not None else result.finish_reason
+        self.metrics.observe_request(stats.to_dict(), finish_reason, learned, queue_s, ttft_s)
+        if aborted is not None:
+            job.emit(Failed(aborted))
+            return
+        speculative = {
+            **stats.to_dict(),
+            "learned": learned,
+            "draft_round": round_used,
+            "queue_s": round(queue_s, 4),
+            "time_to_first_token_s": round(ttft_s, 4),
+            "latency_s": round(finished - job.created, 4),
+        }
+        job.emit(Done(result, text.finish(result.text) if text is not None else "", speculative))
+
+    def _after_request(self, stats) -> None:
+        """Hand a request to the learner; at a round boundary this publishes w_{t+1} and may checkpoint."""
+        try:
+            with self.draft_lock:
+                record = self.online.after_request(stats)
+        except Exception:  # a failed background update or checkpoint: logged and counted, serving goes on
+            log.exception("draft update or checkpoint failed")
+            self.metrics.count_learner_error()
+            return
+        if record is not None:
+            cfg = self.online.cfg
+            saved = bool(cfg.state_dir) and record["round"] % cfg.save_every == 0
+            self.metrics.observe_round(record, saved)
+            log.info(
+                "round %d: tau %.3f alpha %.3f over %d requests%s",
+                record["round"],
+                record["tau"],
+                record["alpha"],
+                record["requests"],
+                f"; checkpoint to {cfg.state_dir}" if saved else "",
+            )
