@@ -157,6 +157,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
         "data": {
             "sources": sources,
             "warmup_prompts": {k: v - EVAL_PER_STREAM for k, v in WARMUP_STREAMS.items()},
+            "answered_prompts": min(args.answers, len(train_prompts)) if "answers" in sources else 0,
             "sequences": len(train),
             "train_tokens": sum(b.tokens for b in train_batches),
             "held_out_tokens": sum(b.tokens for b in held_batches),
