@@ -32,6 +32,7 @@ class CausalLMDraft:
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
         self.cache = new_cache(self.model)
         self.cached_len = 0
+        self._k = 0
 
     def _next_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Feed input_ids [n] through the cache; return the draft's logits for the next token, [V_target]."""
@@ -80,5 +81,8 @@ class CausalLMDraft:
         return target_ids.masked_fill(target_ids >= vocab, -1)
 
     def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
+        if self._k == 0:  # a plain target step (no proposal since the last commit): nothing drafted to undo
+            return
         self.cached_len = self._base_len + min(num_accepted, self._k - 1)
         rollback(self.cache, self.cached_len)
+        self._k = 0
