@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
 from onlinespec.decoding.tree import TreeConfig, TreeProposal
 
 
@@ -21,6 +21,35 @@ class Proposal:
     tokens: torch.Tensor  # LongTensor [k]
     logits: torch.Tensor  # [k, V] raw draft logits (ids the draft cannot produce hold -inf)
     probs: torch.Tensor | None  # [k, V] q after the request's logits processing; None when greedy
+
+
+class ChainRecorder:
+    """Collects a drafted chain one token at a time: greedy argmax, or a sample from q (kept for verification)."""
+
+    def __init__(self, sampling: SamplingConfig, generator: torch.Generator | None) -> None:
+        self.sampling, self.generator = sampling, generator
+        self.tokens: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+
+    def choose(self, step_logits: torch.Tensor) -> torch.Tensor:
+        """step_logits [V] (target vocabulary) -> the drafted token, LongTensor [1]."""
+        if self.sampling.greedy:
+            token = step_logits.argmax(dim=-1, keepdim=True)
+        else:
+            q = probs_from_logits(step_logits[None], self.sampling)
+            token = sample(q, self.generator)
+            self.probs.append(q[0])
+        self.tokens.append(token)
+        self.logits.append(step_logits)
+        return token
+
+    def proposal(self) -> Proposal:
+        return Proposal(
+            tokens=torch.cat(self.tokens),
+            logits=torch.stack(self.logits),
+            probs=torch.stack(self.probs) if self.probs else None,
+        )
 
 
 class Draft(Protocol):

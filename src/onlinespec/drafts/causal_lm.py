@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from onlinespec.decoding.kv_cache import new_cache, rollback
-from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
-from onlinespec.drafts.base import Proposal
+from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.drafts.base import ChainRecorder, Proposal
 
 
 class CausalLMDraft:
@@ -47,25 +47,14 @@ class CausalLMDraft:
     ) -> Proposal:
         """ids: LongTensor [L] committed tokens. Feeds what the cache lacks, then drafts k tokens one by one."""
         step_input = ids[self.cached_len :]
-        tokens, logits, probs = [], [], []
+        chain = ChainRecorder(sampling, generator)
         for _ in range(k):
             step_logits = self._next_logits(step_input)
-            if sampling.greedy:
-                token = step_logits.argmax(dim=-1, keepdim=True)
-            else:
-                q = probs_from_logits(step_logits[None], sampling)
-                token = sample(q, generator)
-                probs.append(q[0])
-            tokens.append(token)
-            logits.append(step_logits)
+            token = chain.choose(step_logits)
             step_input = token
         self._base_len, self._k = ids.shape[0], k
         self.cached_len = ids.shape[0] + k - 1  # the last drafted token was never fed
-        return Proposal(
-            tokens=torch.cat(tokens),
-            logits=torch.stack(logits),
-            probs=torch.stack(probs) if probs else None,
-        )
+        return chain.proposal()
 
     # --- training (online/draft_objective.py) ----------------------------------------------------------------
     def example_terms(self, call, ex) -> list[tuple[float, torch.Tensor, list[int]]]:

@@ -16,9 +16,9 @@ from torch import nn
 from transformers import DynamicCache
 
 from onlinespec.decoding.kv_cache import rollback
-from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
+from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, TreeProposal, additive_mask, static_tree_shape
-from onlinespec.drafts.base import Proposal
+from onlinespec.drafts.base import ChainRecorder, Proposal
 from onlinespec.drafts.head_parts import (
     DraftVocab,
     causal_mask,
@@ -169,22 +169,13 @@ class EagleDraft:
         head = self.model
         hidden = self._feed_pending(ids)
         position = ids.shape[0] - 1
-        tokens, logits, probs = [], [], []
+        chain = ChainRecorder(sampling, generator)
         for i in range(k):
             step_logits = head.vocab.to_target(head.draft_logits(hidden))  # [V]
-            if sampling.greedy:
-                token = step_logits.argmax(dim=-1, keepdim=True)
-            else:
-                q = probs_from_logits(step_logits[None], sampling)
-                token = sample(q, generator)
-                probs.append(q[0])
-            tokens.append(token)
-            logits.append(step_logits)
+            token = chain.choose(step_logits)
             if i < k - 1:
                 hidden = head.step(hidden[None, None], token[None], torch.tensor([[position + i]]), self.cache)[0, -1]
-        return Proposal(
-            tokens=torch.cat(tokens), logits=torch.stack(logits), probs=torch.stack(probs) if probs else None
-        )
+        return chain.proposal()
 
     # --- tree -------------------------------------------------------------------------------------------------
     def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:

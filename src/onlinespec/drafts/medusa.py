@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
+from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, TreeProposal, static_tree_shape
-from onlinespec.drafts.base import Proposal
+from onlinespec.drafts.base import ChainRecorder, Proposal
 from onlinespec.drafts.head_parts import DraftVocab, head_example_terms
 from onlinespec.drafts.tree_builder import TreeBuilder
 from onlinespec.errors import UserError
@@ -144,21 +144,12 @@ class DepthHeadsDraft:
         """ids [L] committed tokens -> min(k, H) drafted tokens; head j drafts token j."""
         head = self.model
         path = self._root(ids)  # [1, j]
-        tokens, logits, probs = [], [], []
+        chain = ChainRecorder(sampling, generator)
         for _ in range(min(k, head.num_heads)):
             step_logits = head.vocab.to_target(head.step_logits(self.feature, path))[0]  # [V]
-            if sampling.greedy:
-                token = step_logits.argmax(dim=-1, keepdim=True)
-            else:
-                q = probs_from_logits(step_logits[None], sampling)
-                token = sample(q, generator)
-                probs.append(q[0])
-            tokens.append(token)
-            logits.append(step_logits)
+            token = chain.choose(step_logits)
             path = torch.cat([path, token[None]], dim=1)
-        return Proposal(
-            tokens=torch.cat(tokens), logits=torch.stack(logits), probs=torch.stack(probs) if probs else None
-        )
+        return chain.proposal()
 
     # --- tree -------------------------------------------------------------------------------------------------
     def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
