@@ -15,7 +15,7 @@ LEARNING_RATE = 0.1  # OGD step on the clipped gradient; 1.0 was unstable on the
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from onlinespec.drafts import DEFAULT_DRAFT
+    from onlinespec.drafts import DEFAULT_DRAFT, DEFAULT_K
     from onlinespec.models import DEFAULT_MODEL, DTYPES
 
     parser = argparse.ArgumentParser(
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--draft",
         default=DEFAULT_DRAFT,
-        help="draft: layerskip:N, a model spec sharing the target's tokenizer, or none (default: %(default)s)",
+        help="draft: auto, eagle[:DIR], medusa[:DIR], hydra[:DIR], layerskip:N, a model spec sharing the target's "
+        "tokenizer, or none (default: %(default)s = the bundled EAGLE head for the embedded model, else layerskip:4)",
     )
     gen.add_argument(
         "--mode",
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="spec",
         help="spec = speculative decoding, ar = plain autoregressive (default: %(default)s)",
     )
-    gen.add_argument("--k", type=int, default=4, help="drafted tokens per verify step (default: %(default)s)")
+    gen.add_argument("--k", type=int, default=DEFAULT_K, help="drafted tokens per verify step (default: %(default)s)")
     add_tree_flags(gen)
     gen.add_argument("--max-new-tokens", type=int, default=128, help="(default: %(default)s)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")

@@ -1,22 +1,28 @@
 """Draft kinds behind one protocol (`Draft`), and `make_draft` which builds one from a spec string.
 
-Specs: `layerskip:N` (the target's first N layers), `eagle|medusa|hydra[:DIR|:fresh]` (a feature-level head:
-the bundled one, one warmed up by `onlinespec warmup`, or untrained), `none` (plain autoregressive decoding), or
-any model spec (`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the
-target's tokenizer.
+Specs: `auto` (the default: the EAGLE head bundled for the target if there is one, else layerskip:4),
+`layerskip:N` (the target's first N layers), `eagle|medusa|hydra[:DIR|:fresh]` (a feature-level head: the bundled
+one, one warmed up by `onlinespec warmup`, or untrained), `none` (plain autoregressive decoding), or any model
+spec (`smollm2-135m`, a directory, a .gguf file, a hub id) for an independent draft LM with the target's
+tokenizer.
 """
 
 from __future__ import annotations
 
 from onlinespec.drafts.base import Draft, Proposal
 from onlinespec.drafts.causal_lm import CausalLMDraft
-from onlinespec.drafts.heads import HEAD_KINDS, make_head_draft
+from onlinespec.drafts.heads import HEAD_KINDS, has_bundled_head, make_head_draft
 from onlinespec.drafts.independent import check_same_tokenizer
 from onlinespec.drafts.layerskip import build_layerskip_model
 from onlinespec.errors import UserError
 from onlinespec.models.resolve import LoadedModel, load_model
 
-DEFAULT_DRAFT = "layerskip:4"
+# `auto`: the warmed-up EAGLE head bundled for the target when there is one (the embedded default), else
+# layerskip:4. Measured (README, benchmarks/bench_drafts.py): the bundled head at k = 2 runs 1.08x autoregressive,
+# layerskip:4 at its best (k = 1) 0.78x.
+DEFAULT_DRAFT = "auto"
+DEFAULT_K = 2  # drafted tokens per step: with the bundled head k = 2 beat k = 4 (1.08x vs 0.79x, README)
+FALLBACK_DRAFT = "layerskip:4"
 
 
 def target_vocab_size(target: LoadedModel) -> int:
@@ -27,6 +33,8 @@ def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft 
     """Build the draft named by `spec` for `target`; None for `none` (autoregressive)."""
     if spec == "none":
         return None
+    if spec == "auto":
+        spec = "eagle" if has_bundled_head("eagle", target.spec) else FALLBACK_DRAFT
     if spec.partition(":")[0] in HEAD_KINDS:
         return make_head_draft(spec, target.model, target.spec)
     if spec.startswith("layerskip:"):
@@ -44,6 +52,7 @@ def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft 
 
 __all__ = [
     "DEFAULT_DRAFT",
+    "DEFAULT_K",
     "CausalLMDraft",
     "Draft",
     "Proposal",

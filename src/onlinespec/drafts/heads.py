@@ -58,6 +58,10 @@ def load_head(directory: str | Path, target: nn.Module, kind: str | None = None)
 BUNDLED = Path(__file__).resolve().parent.parent / "heads"
 
 
+def has_bundled_head(kind: str, target_spec: str) -> bool:
+    return (BUNDLED / f"{target_spec}-{kind}" / "config.json").is_file()
+
+
 def bundled_head_dir(kind: str, target_spec: str) -> Path:
     directory = BUNDLED / f"{target_spec}-{kind}"
     if not (directory / "config.json").is_file():

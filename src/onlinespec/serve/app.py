@@ -34,7 +34,7 @@ DISCONNECT_POLL_S = 0.5
 @dataclass(frozen=True)
 class ServeSettings:
     model_name: str  # the id /v1/models lists and requests may name
-    k: int = 4  # drafted tokens per verify step
+    k: int = 2  # drafted tokens per verify step (the CLI passes DEFAULT_K)
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 300.0

@@ -15,13 +15,13 @@ API_KEY_ENV = "ONLINESPEC_API_KEY"
 
 def add_serve_parser(commands) -> argparse.ArgumentParser:
     from onlinespec.cli import add_learning_flags
-    from onlinespec.drafts import DEFAULT_DRAFT
+    from onlinespec.drafts import DEFAULT_DRAFT, DEFAULT_K
     from onlinespec.models import DEFAULT_MODEL, DTYPES
 
     p = commands.add_parser("serve", help="serve an OpenAI-compatible HTTP API whose draft learns from its traffic")
     p.add_argument("--target", default=DEFAULT_MODEL, help="target model spec (default: %(default)s)")
     p.add_argument("--draft", default=DEFAULT_DRAFT, help="draft spec, or none (default: %(default)s)")
-    p.add_argument("--k", type=int, default=4, help="drafted tokens per verify step (default: %(default)s)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="drafted tokens per verify step (default: %(default)s)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
