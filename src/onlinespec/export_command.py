@@ -11,10 +11,13 @@ from onlinespec.errors import UserError
 
 def add_export_parser(commands) -> None:
     from onlinespec.export import FORMATS
+    from onlinespec.models import DEFAULT_MODEL
 
     p = commands.add_parser("export", help="export an EAGLE head for vLLM or SGLang")
     p.add_argument("--draft", required=True, metavar="eagle:DIR", help="the head to export, as eagle:DIR")
-    p.add_argument("--target", required=True, help="the target model spec the head was trained for")
+    p.add_argument(
+        "--target", default=DEFAULT_MODEL, help="the target model spec the head was trained for (default: %(default)s)"
+    )
     p.add_argument("--out", required=True, help="output directory (config.json + model.safetensors)")
     p.add_argument("--format", choices=FORMATS, default="vllm", help="engine layout (default: %(default)s)")
     p.add_argument(
