@@ -31,13 +31,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from onlinespec.bench.prompts import shifted
+from onlinespec.bench.prompts import shifted_stream
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="smollm2-135m")
-    p.add_argument("--draft", default="layerskip:4")
+    p.add_argument("--draft", default="auto")
     p.add_argument("--k", type=int, default=2, help="drafted tokens per step (2 was the fastest, README)")
     p.add_argument("--learners", default="ogd,static", help="one server run per learner, in this order")
     p.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
@@ -254,7 +254,8 @@ def main() -> int:
     if args.requests < 1 or args.max_tokens < 1 or min(levels) < 1:
         raise SystemExit("--requests, --max-tokens and every --concurrency level must be >= 1")
     total = args.requests * len(levels)
-    prompts = [prompt for _, prompt in shifted(math.ceil(total / 3))][:total]
+    stream = shifted_stream(("humaneval", "spider", "finance"), math.ceil(total / 3))  # online slices
+    prompts = [prompt.text for prompt in stream.online][:total]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(learners)} servers x {len(levels)} levels x {args.requests} requests of {args.max_tokens} tokens")
