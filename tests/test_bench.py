@@ -14,6 +14,7 @@ from onlinespec.bench import run_bench
 from onlinespec.bench.prompts import load_prompt_file, load_prompts
 from onlinespec.bench.runner import BenchSettings
 from onlinespec.cli import main
+from onlinespec.drafts import DEFAULT_K
 from onlinespec.errors import UserError
 from onlinespec.online.learners import LearnerConfig
 from onlinespec.online.session import OnlineConfig
@@ -206,7 +207,7 @@ def test_cli_runs_a_custom_stream_and_prints_where_it_saved(setup) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"saved to {out}/" in proc.stdout and "| ogd |" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["settings"]["preset"] == "quick" and results["config"]["settings"]["k"] == 1
+    assert results["config"]["settings"]["preset"] == "quick" and results["config"]["settings"]["k"] == DEFAULT_K
     assert results["methods"]["ogd"]["rounds"] == 2
     assert not (out / "hedge_weights.png").exists()  # no ensemble in this run
 
