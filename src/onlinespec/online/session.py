@@ -42,7 +42,7 @@ class OnlineConfig:
     positions: str = "all"  # "all" verified positions, or "mismatch" only (OSD)
     top_k: int = 64  # kept entries of each target distribution (0 = full)
     max_positions: int = 65536  # feedback buffer bound
-    schedule: str = "overlap"  # measured faster end to end on 2 cores (README, bench_online.py)
+    schedule: str = "overlap"  # measured faster end to end on 2 cores (README: bench_online.py at commit 6434106)
     state_dir: str | None = None  # load/save the evolving draft and learner here
     save_every: int = 1  # rounds between snapshots (and one at close)
     save_in_background: bool = False  # copy the state at the boundary, write it in a thread (off the decoding path)
