@@ -39,14 +39,13 @@ Only Llama-architecture targets are exported (the engine classes above are the L
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from onlinespec.atomic import atomic_directory
 from onlinespec.drafts.head_store import CONFIG, VOCAB_KEY, WEIGHTS, read_head
 from onlinespec.errors import UserError
 
@@ -205,20 +204,9 @@ def export_eagle(
     weights = engine_tensors(tensors, fmt)
     config = engine_config(cfg, fmt, weights["fc.weight"].dtype, provenance)
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    if provenance["token_map"]:
-        torch.save(tensors[VOCAB_KEY].tolist(), tmp / TOKEN_MAP)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(out_dir) as tmp:
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if provenance["token_map"]:
+            torch.save(tensors[VOCAB_KEY].tolist(), tmp / TOKEN_MAP)
     return out_dir

@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from onlinespec.bench.atomic import write_text_atomic
+from onlinespec.atomic import write_text_atomic
 from onlinespec.errors import UserError
 
 FORMAT = 1

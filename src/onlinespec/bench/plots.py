@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onlinespec.bench.atomic import atomic_path
+from onlinespec.atomic import atomic_path
 from onlinespec.bench.runner import REFERENCE
 
 DPI = 120

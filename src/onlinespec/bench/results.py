@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from onlinespec.bench.atomic import write_text_atomic
+from onlinespec.atomic import write_text_atomic
 from onlinespec.bench.runner import REFERENCE, Tally
 
 SUMS = (*(f.name for f in fields(Tally)), "update_s")  # summed over a method's rounds

@@ -7,14 +7,13 @@ Written to a temporary directory and renamed into place, so a crash never leaves
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from onlinespec.atomic import atomic_directory
 from onlinespec.errors import UserError
 
 WEIGHTS = "model.safetensors"
@@ -44,20 +43,9 @@ def save_head(directory: str | Path, head: nn.Module, target: nn.Module, extra: 
     tensors = {n: named[n].detach().contiguous().clone() for n in head.trainable_names()}
     if head.vocab.reduced:
         tensors[VOCAB_KEY] = head.vocab.ids.clone()
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(json.dumps(head_config(head, target, extra), indent=2) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(directory) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(head_config(head, target, extra), indent=2) + "\n")
     return directory
 
 
