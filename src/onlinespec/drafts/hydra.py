@@ -17,22 +17,18 @@ import torch
 from torch import nn
 
 from onlinespec.drafts.head_parts import DraftVocab
-from onlinespec.drafts.medusa import ResidualBlock, check_layout
+from onlinespec.drafts.medusa import DepthHeads, ResidualBlock
 
 
-class HydraHead(nn.Module):
+class HydraHead(DepthHeads):
     """Trainable: `inputs` and `blocks`. Shared with the target and frozen: its token embeddings and LM head."""
 
     kind = "hydra"
-    layout_keys: tuple[str, ...] = ("num_heads", "num_layers")  # constructor settings stored in config.json
 
     def __init__(
         self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
     ) -> None:
-        super().__init__()
-        check_layout(num_heads, num_layers)
-        self.num_heads = num_heads
-        self.num_layers = num_layers
+        super().__init__(num_heads, num_layers)
         d = target.config.hidden_size
         dtype = target.get_output_embeddings().weight.dtype
         self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in range(1, num_heads + 1)).to(dtype)
@@ -44,18 +40,6 @@ class HydraHead(nn.Module):
 
     def trainable_names(self) -> list[str]:
         return [n for n, _ in self.named_parameters() if n.startswith(("inputs.", "blocks."))]
-
-    def store_config(self) -> dict:
-        return {"num_heads": self.num_heads, "num_layers": self.num_layers}
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """Output i at step t matches the target's p at position t + i + 1 (head i + 1 guesses x_{t+i+2})."""
-        return tuple(range(1, self.num_heads + 1))
-
-    @property
-    def loss_weights(self) -> tuple[float, ...]:
-        return tuple(0.8**i for i in range(self.num_heads))
 
     def _head(self, i: int, feature: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
         """Head i (1-based): feature [..., d], embedded [..., i * d] = e(x_{t+1}) .. e(d_{i-1}) -> logits [..., Vd]."""

@@ -46,28 +46,16 @@ def check_layout(num_heads: int, num_layers: int) -> None:
         raise UserError(f"a Medusa/Hydra head needs num_heads >= 1 and num_layers >= 1, got {num_heads}, {num_layers}")
 
 
-class MedusaHead(nn.Module):
-    """Trainable: `heads` (H stacks of residual blocks). Shared with the target and frozen: its LM head."""
+class DepthHeads(nn.Module):
+    """What Medusa and Hydra share: H heads, head i guessing the token i steps past the next one."""
 
-    kind = "medusa"
     layout_keys: tuple[str, ...] = ("num_heads", "num_layers")  # constructor settings stored in config.json
 
-    def __init__(
-        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
-    ) -> None:
+    def __init__(self, num_heads: int, num_layers: int) -> None:
         super().__init__()
         check_layout(num_heads, num_layers)
         self.num_heads = num_heads
         self.num_layers = num_layers
-        d = target.config.hidden_size
-        dtype = target.get_output_embeddings().weight.dtype
-        self.heads = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers))) for _ in range(num_heads)
-        ).to(dtype)
-        self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
-
-    def trainable_names(self) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith("heads.")]
 
     def store_config(self) -> dict:
         return {"num_heads": self.num_heads, "num_layers": self.num_layers}
@@ -80,6 +68,26 @@ class MedusaHead(nn.Module):
     @property
     def loss_weights(self) -> tuple[float, ...]:
         return tuple(0.8**i for i in range(self.num_heads))
+
+
+class MedusaHead(DepthHeads):
+    """Trainable: `heads` (H stacks of residual blocks). Shared with the target and frozen: its LM head."""
+
+    kind = "medusa"
+
+    def __init__(
+        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
+    ) -> None:
+        super().__init__(num_heads, num_layers)
+        d = target.config.hidden_size
+        dtype = target.get_output_embeddings().weight.dtype
+        self.heads = nn.ModuleList(
+            nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers))) for _ in range(num_heads)
+        ).to(dtype)
+        self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if n.startswith("heads.")]
 
     def forward(self, features: torch.Tensor, next_ids: torch.Tensor) -> list[torch.Tensor]:
         """Training pass. features [B, T, d] = f_0..f_{T-1}; next_ids [B, T] (unused: Medusa reads f_t only).
