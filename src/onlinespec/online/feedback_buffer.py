@@ -71,7 +71,8 @@ class FeedbackBuffer:
             entry.context_ids = committed.clone()
         features = record.context_features
         if features is not None and (entry.features is None or features.shape[0] > entry.features.shape[0]):
-            entry.features = features.clone()
+            # a view of the engine's per-request feature buffer (committed rows never change); cloned in drain()
+            entry.features = features
         for j, row in enumerate(rows):
             entry.pred_index.append(record.first_position + row)
             entry.top_ids.append(top_ids[j].clone())
