@@ -10,11 +10,15 @@ from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, check_tree_sampling
 from onlinespec.errors import UserError
 
+# Drafted tokens per verify step unless a caller says otherwise; the library, CLI, server and bench all use it.
+# With the bundled EAGLE head k = 2 beat k = 4 on this project's CPU (1.08x vs 0.79x autoregressive, README).
+DEFAULT_K = 2
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 128
-    k: int = 4  # drafted tokens per verify step (chain length)
+    k: int = DEFAULT_K  # drafted tokens per verify step (chain length)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 0
     stop: tuple[str, ...] = ()

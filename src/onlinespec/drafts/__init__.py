@@ -9,6 +9,7 @@ tokenizer.
 
 from __future__ import annotations
 
+from onlinespec.decoding.config import DEFAULT_K
 from onlinespec.drafts.base import Draft, Proposal
 from onlinespec.drafts.causal_lm import CausalLMDraft
 from onlinespec.drafts.heads import HEAD_KINDS, has_bundled_head, make_head_draft
@@ -21,7 +22,6 @@ from onlinespec.models.resolve import LoadedModel, load_model
 # layerskip:4. Measured (README, benchmarks/bench_drafts.py): the bundled head at k = 2 runs 1.08x autoregressive,
 # layerskip:4 at its best (k = 1) 0.78x.
 DEFAULT_DRAFT = "auto"
-DEFAULT_K = 2  # drafted tokens per step: with the bundled head k = 2 beat k = 4 (1.08x vs 0.79x, README)
 FALLBACK_DRAFT = "layerskip:4"
 
 

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.config import DEFAULT_K, GenerationConfig
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.errors import UserError
 from onlinespec.serve.errors import ApiError, bad_request
@@ -34,7 +34,7 @@ DISCONNECT_POLL_S = 0.5
 @dataclass(frozen=True)
 class ServeSettings:
     model_name: str  # the id /v1/models lists and requests may name
-    k: int = 2  # drafted tokens per verify step (the CLI passes DEFAULT_K)
+    k: int = DEFAULT_K  # drafted tokens per verify step
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 300.0
