@@ -75,6 +75,7 @@ def test_results_json_has_the_documented_schema(full_run) -> None:
     config = results["config"]
     assert config["settings"]["seed"] == 0 and config["settings"]["methods"] == list(METHODS)
     assert config["prompts"] == 8 and config["sessions"] == 1
+    assert config["draft_used"] == "layerskip:2"  # an explicit spec is recorded as given
     for key in ("torch", "transformers", "python", "machine", "cpus", "onlinespec"):
         assert key in config["environment"]
     types = {

@@ -43,9 +43,11 @@ def run_bench(
 
 def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: str | Path, progress: dict) -> dict:
     from onlinespec.bench.results import environment, summarise, write_outputs
+    from onlinespec.drafts import resolve_draft_spec
 
     config = {
         "settings": settings.to_dict(),
+        "draft_used": resolve_draft_spec(settings.draft, settings.target),  # what `auto` stood for
         "stream": stream.name,
         "prompts": len(stream.online),
         "warmup_prompts": len(stream.warmup),  # the stream's offline warm-up slice; not decoded here

@@ -124,10 +124,12 @@ def render_report(results: dict) -> str:
     """Markdown a user can paste into an issue: settings, the table, and tau per round."""
     c, s = results["config"], results["config"]["settings"]
     env = c["environment"]
+    used = c.get("draft_used", s["draft"])
+    draft = s["draft"] if used == s["draft"] else f"{s['draft']} (= {used})"
     lines = [
         f"# onlinespec bench: {c['stream']} ({c['prompts']} prompts, preset {s['preset']})",
         "",
-        f"target {s['target']} {s['dtype']}, draft {s['draft']}, k = {s['k']}, greedy, {s['max_new_tokens']} new "
+        f"target {s['target']} {s['dtype']}, draft {draft}, k = {s['k']}, greedy, {s['max_new_tokens']} new "
         f"tokens, rounds of {s['round_size']} prompts, lr {s['online']['learner_cfg']['lr']}, "
         f"schedule {s['online']['schedule']}, seed {s['seed']}; onlinespec {env['onlinespec']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, {env['cpus']} CPUs ({env['torch_threads']} torch threads); "

@@ -29,12 +29,19 @@ def target_vocab_size(target: LoadedModel) -> int:
     return target.model.get_output_embeddings().weight.shape[0]
 
 
+def resolve_draft_spec(spec: str, target_spec: str) -> str:
+    """The concrete spec `auto` stands for with this target (`eagle` when a head is bundled for it, else
+    FALLBACK_DRAFT); any other spec unchanged."""
+    if spec != "auto":
+        return spec
+    return "eagle" if has_bundled_head("eagle", target_spec) else FALLBACK_DRAFT
+
+
 def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft | None:
     """Build the draft named by `spec` for `target`; None for `none` (autoregressive)."""
     if spec == "none":
         return None
-    if spec == "auto":
-        spec = "eagle" if has_bundled_head("eagle", target.spec) else FALLBACK_DRAFT
+    spec = resolve_draft_spec(spec, target.spec)
     if spec.partition(":")[0] in HEAD_KINDS:
         return make_head_draft(spec, target.model, target.spec)
     if spec.startswith("layerskip:"):
@@ -59,4 +66,5 @@ __all__ = [
     "build_layerskip_model",
     "check_same_tokenizer",
     "make_draft",
+    "resolve_draft_spec",
 ]
