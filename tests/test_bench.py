@@ -12,7 +12,7 @@ from conftest import save_tiny_model_dir
 
 from onlinespec.bench import run_bench
 from onlinespec.bench.prompts import load_prompt_file, load_prompts
-from onlinespec.bench.runner import BenchSettings
+from onlinespec.bench.runner import BenchSettings, Tally, round_record
 from onlinespec.cli import main
 from onlinespec.drafts import DEFAULT_K
 from onlinespec.errors import UserError
@@ -113,6 +113,12 @@ def test_plots_are_written_and_non_empty(full_run) -> None:
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000, name
         assert name in results["files"]
+
+
+def test_a_round_that_straddles_a_domain_change_records_where_it_changes() -> None:
+    record = round_record("static", 2, 8, ["spider", "spider", "finance", "finance", "finance"], Tally(), 0.0, {})
+    assert record["domain"] == "spider+finance"
+    assert record["domain_counts"] == [["spider", 2], ["finance", 3]]  # the plot's line goes 2/5 into the round
 
 
 def test_resume_after_an_interruption_reproduces_the_same_rounds(setup, full_run) -> None:

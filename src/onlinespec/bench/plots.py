@@ -27,24 +27,35 @@ def _save(fig, path: Path) -> str:
 
 
 def _mark_domains(ax, rounds: list[dict]) -> None:
-    """Dotted vertical lines where the stream's domain changes, labelled with the new domain (if it ever changes)."""
-    if len({r["domain"] for r in rounds}) < 2:
+    """A dotted vertical line where the stream's domain changes (inside a round when the change falls there: round r
+    spans r - 0.5 .. r + 0.5), labelled with the new domain; nothing when the stream has one domain."""
+    runs = [(r, r.get("domain_counts") or [[r["domain"], r["prompts"]]]) for r in rounds]
+    if len({name for _, counts in runs for name, _ in counts}) < 2:
         return
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.2 * (high - low))  # headroom for the labels above the curves
     previous = None
-    for r in rounds:
-        if r["domain"] != previous:
-            if previous is not None:
-                ax.axvline(r["round"] - 0.5, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(
-                r["domain"],
-                (r["round"] - 0.45, 0.98),
-                xycoords=("data", "axes fraction"),
-                ha="left",
-                va="top",
-                fontsize=8,
-                color="dimgrey",
-            )
-            previous = r["domain"]
+    for r, counts in runs:
+        offset = 0
+        for name, count in counts:
+            if name != previous:
+                x = r["round"] - 0.5 + offset / max(r["prompts"], 1)
+                if previous is not None:
+                    ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+                ax.annotate(
+                    name,
+                    (x, 0.98),
+                    xytext=(2, 0),
+                    textcoords="offset points",
+                    xycoords=("data", "axes fraction"),
+                    rotation=90,
+                    ha="left",
+                    va="top",
+                    fontsize=8,
+                    color="dimgrey",
+                )
+                previous = name
+            offset += count
 
 
 def plot_tau(results: dict, rounds: list[dict], path: Path) -> str:
@@ -55,12 +66,12 @@ def plot_tau(results: dict, rounds: list[dict], path: Path) -> str:
         style = {"linestyle": "--", "color": "black", "marker": None} if method == REFERENCE else {"marker": "o"}
         ax.plot([r["round"] for r in own], [r["tau"] for r in own], label=method, **style)
     reference = [r for r in rounds if r["method"] == REFERENCE]
+    ax.margins(y=0.15)
     _mark_domains(ax, reference)
     ax.set_xlim(0.5, len(reference) + 0.5)
     ax.set_title("Learning curve: tau (tokens per target forward) per round")
     ax.set_xlabel(f"round ({results['config']['settings']['round_size']} prompts each)")
     ax.set_ylabel("tau (AR = 1)")
-    ax.margins(y=0.15)
     ax.grid(alpha=0.3)
     ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)

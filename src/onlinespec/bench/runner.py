@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -144,6 +145,7 @@ def round_record(
         "round": round_no,
         "first_prompt": first,
         "domain": "+".join(dict.fromkeys(domains)),
+        "domain_counts": [[name, len(list(group))] for name, group in groupby(domains)],  # in stream order
         **asdict(tally),
         "update_s": update_s,
         "tau": tally.new_tokens / tally.target_forwards if tally.target_forwards else 0.0,
