@@ -23,8 +23,8 @@ class Preset:
 
 
 PRESETS = {
-    # 24 prompts x 32 tokens x 3 methods: ~770 new tokens per method; at ~12-16 tok/s plus ~6 short updates this is
-    # about 4 minutes, plus the one-time model conversion (~20 s) and loading.
+    # 24 prompts x 32 tokens x 3 methods: ~770 new tokens per method. Measured 2 min 34 s with a fresh model cache
+    # (conversion included; README).
     "quick": Preset(
         stream="shifted:humaneval,spider,finance",
         num_prompts=24,
@@ -32,10 +32,9 @@ PRESETS = {
         round_size=4,
         methods=("ar", "static", "ogd"),
         k=DEFAULT_K,
-        expected="about 5 minutes",
+        expected="about 3 minutes",
     ),
-    # 120 prompts (20 from each of six domains) x 96 tokens x 5 methods; the old benchmark script took 66 minutes
-    # for 120 x 96 x 5 over three domains; WritingBench's long prompts add prefill.
+    # 120 prompts (20 from each of six domains) x 96 tokens x 5 methods. Measured 34 min 25 s (README).
     "full": Preset(
         stream="shifted",
         num_prompts=120,
@@ -43,7 +42,7 @@ PRESETS = {
         round_size=8,
         methods=("ar", "static", "ogd", "optimistic", "ensemble"),
         k=DEFAULT_K,
-        expected="about 75 minutes",
+        expected="about 35 minutes",
     ),
 }
 
