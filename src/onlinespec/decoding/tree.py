@@ -133,11 +133,12 @@ def greedy_tree_walk(target_logits: torch.Tensor, tokens: torch.Tensor, parents:
     for i, p in enumerate(parents):
         children.setdefault(p, []).append(i)
     choice = target_logits.argmax(dim=-1).tolist()  # the target's greedy token after root (row 0) / node i (row i+1)
+    node_tokens = tokens.tolist()  # one conversion, not a tensor index per candidate
     path: list[int] = []
     current = -1
     while True:
         want = choice[current + 1]
-        match = next((c for c in children.get(current, []) if int(tokens[c]) == want), None)
+        match = next((c for c in children.get(current, []) if node_tokens[c] == want), None)
         if match is None:
             return path, want
         path.append(match)

@@ -21,9 +21,9 @@ from onlinespec.decoding.tree import TreeConfig, TreeProposal, additive_mask, st
 from onlinespec.drafts.base import ChainRecorder, Proposal
 from onlinespec.drafts.head_parts import (
     DraftVocab,
+    HeadDraft,
     causal_mask,
     decoder_of,
-    head_example_terms,
     init_linear_weights,
 )
 from onlinespec.drafts.tree_builder import TreeBuilder
@@ -110,7 +110,7 @@ class EagleHead(nn.Module):
         return outputs
 
 
-class EagleDraft:
+class EagleDraft(HeadDraft):
     """Drafts with an EagleHead and its own small KV cache.
 
     The cache holds the head's entries for committed positions 0..fed-1 (fed with the target's real features);
@@ -118,30 +118,17 @@ class EagleDraft:
     verify pass produced (`pending`).
     """
 
-    wants_target_hidden = True
-    supports_tree = True
-
     def __init__(self, head: EagleHead, name: str) -> None:
-        self.model = head
-        self.name = name
-        self.trainable = head.trainable_names()
+        super().__init__(head, name)
         self.cache: DynamicCache | None = None
         self.fed = 0
         self.pending: torch.Tensor | None = None  # [m, d] real features of positions fed .. fed+m-1
 
-    def example_terms(self, call, ex):
-        return head_example_terms(self.model, call, ex)
-
-    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.vocab.to_draft_ids(target_ids)
-
     # --- request state --------------------------------------------------------------------------------------
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
-        if features is None:
-            raise ValueError("an EAGLE draft needs the target's features (the engine passes them)")
         self.cache = DynamicCache()
         self.fed = 0
-        self.pending = features
+        self.pending = self.require_features(features)
 
     def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
         rollback(self.cache, self.fed)  # drop everything drafted ahead: real features replace it

@@ -101,3 +101,28 @@ def head_example_terms(head: nn.Module, call, ex) -> list[tuple[float, torch.Ten
         if rows:
             terms.append((weight, out[0, [ex.pred_index[r] - offset for r in rows]], rows))
     return terms
+
+
+class HeadDraft:
+    """What the drafts of feature-level heads share: they want the target's features, can draft trees, train
+    `head.trainable_names()` online with `head_example_terms`, and map target ids into the head's vocabulary.
+    Subclasses keep their own request state (`begin`, `commit`) and drafting (`propose`, `propose_tree`)."""
+
+    wants_target_hidden = True
+    supports_tree = True
+
+    def __init__(self, head: nn.Module, name: str) -> None:
+        self.model = head
+        self.name = name
+        self.trainable = head.trainable_names()
+
+    def example_terms(self, call, ex):
+        return head_example_terms(self.model, call, ex)
+
+    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.vocab.to_draft_ids(target_ids)
+
+    def require_features(self, features: torch.Tensor | None) -> torch.Tensor:
+        if features is None:
+            raise ValueError(f"a {self.model.kind} draft needs the target's features (the engine passes them)")
+        return features

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onlinespec.drafts.head_parts import DraftVocab
 from onlinespec.drafts.medusa import DepthHeads, ResidualBlock
 
 
@@ -28,15 +27,13 @@ class HydraHead(DepthHeads):
     def __init__(
         self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
     ) -> None:
-        super().__init__(num_heads, num_layers)
-        d = target.config.hidden_size
-        dtype = target.get_output_embeddings().weight.dtype
-        self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in range(1, num_heads + 1)).to(dtype)
+        super().__init__(target, vocab_ids, num_heads, num_layers)
+        d = self.hidden_size
+        self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in range(1, num_heads + 1)).to(self.param_dtype)
         self.blocks = nn.ModuleList(
             nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers - 1))) for _ in range(num_heads)
-        ).to(dtype)
+        ).to(self.param_dtype)
         self.embed = target.get_input_embeddings()
-        self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
 
     def trainable_names(self) -> list[str]:
         return [n for n, _ in self.named_parameters() if n.startswith(("inputs.", "blocks."))]

@@ -22,7 +22,7 @@ from torch import nn
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, TreeProposal, static_tree_shape
 from onlinespec.drafts.base import ChainRecorder, Proposal
-from onlinespec.drafts.head_parts import DraftVocab, head_example_terms
+from onlinespec.drafts.head_parts import DraftVocab, HeadDraft
 from onlinespec.drafts.tree_builder import TreeBuilder
 from onlinespec.errors import UserError
 
@@ -51,11 +51,14 @@ class DepthHeads(nn.Module):
 
     layout_keys: tuple[str, ...] = ("num_heads", "num_layers")  # constructor settings stored in config.json
 
-    def __init__(self, num_heads: int, num_layers: int) -> None:
+    def __init__(self, target: nn.Module, vocab_ids: torch.Tensor | None, num_heads: int, num_layers: int) -> None:
         super().__init__()
         check_layout(num_heads, num_layers)
         self.num_heads = num_heads
         self.num_layers = num_layers
+        self.hidden_size = target.config.hidden_size
+        self.param_dtype = target.get_output_embeddings().weight.dtype  # the trainable blocks are made in this dtype
+        self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
 
     def store_config(self) -> dict:
         return {"num_heads": self.num_heads, "num_layers": self.num_layers}
@@ -78,13 +81,11 @@ class MedusaHead(DepthHeads):
     def __init__(
         self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
     ) -> None:
-        super().__init__(num_heads, num_layers)
-        d = target.config.hidden_size
-        dtype = target.get_output_embeddings().weight.dtype
+        super().__init__(target, vocab_ids, num_heads, num_layers)
+        d = self.hidden_size
         self.heads = nn.ModuleList(
             nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers))) for _ in range(num_heads)
-        ).to(dtype)
-        self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
+        ).to(self.param_dtype)
 
     def trainable_names(self) -> list[str]:
         return [n for n, _ in self.named_parameters() if n.startswith("heads.")]
@@ -105,32 +106,20 @@ class MedusaHead(DepthHeads):
         return logits.expand(paths.shape[0], -1)
 
 
-class DepthHeadsDraft:
+class DepthHeadsDraft(HeadDraft):
     """Drafts with a head that has one output per depth (MedusaHead, HydraHead): head j proposes token j.
 
     The head needs `num_heads`, `vocab` and `step_logits(feature [d], paths [N, j]) -> [N, Vd]`.
     """
 
-    wants_target_hidden = True
-    supports_tree = True
-
-    def __init__(self, head: nn.Module, name: str) -> None:
-        self.model = head
-        self.name = name
-        self.trainable = head.trainable_names()
+    def __init__(self, head: DepthHeads, name: str) -> None:
+        super().__init__(head, name)
         self.feature: torch.Tensor | None = None  # [d] the newest real target feature, f_{L-2}
         self.position = -1  # its position L-2
 
-    def example_terms(self, call, ex):
-        return head_example_terms(self.model, call, ex)
-
-    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.vocab.to_draft_ids(target_ids)
-
     # --- request state --------------------------------------------------------------------------------------
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
-        if features is None:
-            raise ValueError(f"a {self.model.kind} draft needs the target's features (the engine passes them)")
+        features = self.require_features(features)
         self.feature = features[-1]
         self.position = features.shape[0] - 1
 
