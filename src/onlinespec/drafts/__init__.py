@@ -37,6 +37,14 @@ def resolve_draft_spec(spec: str, target_spec: str) -> str:
     return "eagle" if has_bundled_head("eagle", target_spec) else FALLBACK_DRAFT
 
 
+def draft_spec_help() -> str:
+    """The `--draft` flag's help text: every spec form a user can write."""
+    return (
+        "draft: auto, eagle[:DIR], medusa[:DIR], hydra[:DIR], layerskip:N, a model spec sharing the target's "
+        "tokenizer, or none (default: %(default)s = the bundled EAGLE head for the embedded model, else layerskip:4)"
+    )
+
+
 def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft | None:
     """Build the draft named by `spec` for `target`; None for `none` (autoregressive)."""
     if spec == "none":
@@ -65,6 +73,7 @@ __all__ = [
     "Proposal",
     "build_layerskip_model",
     "check_same_tokenizer",
+    "draft_spec_help",
     "make_draft",
     "resolve_draft_spec",
 ]
