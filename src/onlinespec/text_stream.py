@@ -7,7 +7,9 @@ class TextStream:
     """Feed it the generated ids step by step; it returns only text that can no longer change.
 
     Text is held back while it ends in an incomplete UTF-8 sequence ("\ufffd") or in a prefix of a stop string
-    (which may yet turn out to be the stop string, never to be shown).
+    (which may yet turn out to be the stop string, never to be shown), and nothing from the first complete stop
+    string on is ever returned: one verify step can accept several tokens that complete a stop string at once, so
+    the ids pushed may run past it. Pieces joined + `finish(final_text)` == the non-streamed text, always.
     """
 
     def __init__(self, tokenizer, stop_strings: tuple[str, ...] = ()) -> None:
@@ -21,9 +23,9 @@ class TextStream:
     def push(self, all_ids: list[int]) -> str:
         """all_ids: every id generated so far. Returns the new text that is final."""
         text = self._decode(all_ids)
-        end = len(text)
-        if text.endswith("\ufffd"):
-            end = len(text.rstrip("\ufffd"))
+        end = min([len(text), *(i for i in map(text.find, self.stop_strings) if i >= 0)])
+        if text[:end].endswith("\ufffd"):
+            end = len(text[:end].rstrip("\ufffd"))
         for stop in self.stop_strings:
             for size in range(min(len(stop) - 1, end), 0, -1):  # longest tail that could start a stop string
                 if text[end - size : end] == stop[:size]:
