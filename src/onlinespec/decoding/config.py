@@ -13,6 +13,8 @@ from onlinespec.errors import UserError
 # Drafted tokens per verify step unless a caller says otherwise; the library, CLI, server and bench all use it.
 # With the bundled EAGLE head k = 2 beat k = 4 on this project's CPU (1.08x vs 0.79x autoregressive, README).
 DEFAULT_K = 2
+# Seeds torch.Generator.manual_seed takes: 64 bits, either sign (a negative seed is mapped to 2^64 + seed).
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class GenerationConfig:
             raise UserError(f"k (drafted tokens per step) must be >= 1, got {self.k}")
         if self.max_new_tokens < 1:
             raise UserError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise UserError(f"seed must be a 64-bit integer (from -2^63 to 2^64 - 1), got {self.seed}")
         check_tree_sampling(self.tree, self.sampling.greedy)
 
     def generator(self) -> torch.Generator | None:

@@ -12,6 +12,10 @@ import torch
 
 from onlinespec.errors import UserError
 
+# Temperatures below this sample like temperature 0 (greedy), the limit they approach: dividing logits by a
+# smaller one overflows float32 (1e-38 gives inf, 1e-320 rounds to 0) and would turn p into NaNs.
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -29,7 +33,7 @@ class SamplingConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def probs_from_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -37,7 +41,7 @@ def probs_from_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor
 
     logits: [..., V] (any float dtype). Returns float32 probabilities [..., V] summing to 1 on the last axis.
     """
-    scores = logits.float() / cfg.temperature if cfg.temperature > 0 else logits.float()
+    scores = logits.float() if cfg.greedy else logits.float() / cfg.temperature
     if cfg.top_k > 0 and cfg.top_k < scores.shape[-1]:
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -46,6 +50,7 @@ def probs_from_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor
         sorted_probs = sorted_scores.softmax(dim=-1)
         # Drop a token when the mass strictly before it already reaches top_p (the top token always stays).
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= cfg.top_p
+        drop_sorted[..., 0] = False  # also when top_p underflows float32 (1e-46 compares as 0)
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
     return scores.softmax(dim=-1)

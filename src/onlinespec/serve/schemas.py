@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
-from onlinespec.serve.errors import bad_request
+from onlinespec.decoding.config import SEED_RANGE
+from onlinespec.serve.errors import bad_request, printable
 
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options"}
 COMMON_FIELDS |= {"n", "user"}
@@ -37,6 +39,7 @@ NEUTRAL = {
     "metadata": (None, {}),
 }
 ROLES = ("system", "developer", "user", "assistant")
+MIN_SEED, MAX_SEED = SEED_RANGE  # what the sampler's generator takes (64 bits, either sign)
 MAX_STOP_STRINGS = 4
 
 
@@ -57,14 +60,48 @@ class CompletionRequest:
 
 
 def parse_json(raw: bytes) -> dict:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    """The request body as a JSON object, or a 400 that says what is wrong with it.
+
+    Refused here, before any field is read: invalid JSON (integers of more than 4,300 digits included: Python's
+    limit), nesting deeper than the parser's recursion limit, and strings or keys holding a lone UTF-16 surrogate
+    (`"\\ud800"` is valid JSON but no valid text: it cannot be tokenised, logged or echoed back as UTF-8).
+    """
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply to be a request", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    _refuse_lone_surrogates(body)
     return body
+
+
+def _refuse_lone_surrogates(body: dict) -> None:
+    """Walk the parsed body (iteratively: no recursion on client-chosen depth) and refuse the first key or string
+    that holds a lone surrogate, naming where it is (the name itself written with the surrogate escaped)."""
+    pending: list[tuple[str, object]] = [("", body)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else key
+                if _SURROGATE.search(key):
+                    _surrogate_error(where)
+                pending.append((where, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            _surrogate_error(path)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_error(where: str) -> None:
+    where = printable(where)
+    raise bad_request(f"'{where}' holds a lone UTF-16 surrogate, which is not text: send valid UTF-8", param=where)
 
 
 def parse_request(body: dict, kind: str, max_tokens_limit: int) -> CompletionRequest:
@@ -102,7 +139,7 @@ def parse_request(body: dict, kind: str, max_tokens_limit: int) -> CompletionReq
     if top_p is not None and top_p <= 0:
         raise bad_request(f"'top_p' must be in (0, 1], got {top_p}", param="top_p")
     top_k = _integer(body, "top_k", 0, None)
-    seed = _integer(body, "seed", None, None)
+    seed = _integer(body, "seed", MIN_SEED, MAX_SEED)
     return CompletionRequest(
         kind=kind,
         model=model,
