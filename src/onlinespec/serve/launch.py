@@ -13,6 +13,7 @@ Needs FastAPI and uvicorn (imported by this module).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from onlinespec.drafts import target_vocab_size
 from onlinespec.pipeline import Pipeline
@@ -21,6 +22,9 @@ from onlinespec.serve.metrics import ServerMetrics
 from onlinespec.serve.server import run_server
 from onlinespec.serve.tokens import PromptEncoder
 from onlinespec.serve.worker import Worker
+
+if TYPE_CHECKING:
+    from onlinespec.online.session import OnlineLearning
 
 
 @dataclass
@@ -34,9 +38,11 @@ class ServerOptions:
     log_level: str = "info"
 
 
-def serve_pipeline(pipe: Pipeline, online, settings: ServeSettings, options: ServerOptions, learner: str) -> None:
-    """Serve `pipe` until a shutdown signal. online: the pipeline's learning session (an OnlineLearning), or None;
-    learner: its name for /metrics ("static" without one). Returns after the final checkpoint."""
+def serve_pipeline(
+    pipe: Pipeline, online: OnlineLearning | None, settings: ServeSettings, options: ServerOptions, learner: str
+) -> None:
+    """Serve `pipe` until a shutdown signal. online: the pipeline's learning session, or None; learner: its name
+    for /metrics ("static" without one). Returns after the final checkpoint."""
     metrics = ServerMetrics(learner=learner)
     worker = Worker(pipe, online, metrics, max_queue=options.max_queue, request_timeout_s=settings.request_timeout_s)
     encoder = PromptEncoder(
