@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -141,3 +142,80 @@ def test_bad_learner_flags_are_clear(tmp_path) -> None:
     assert proc.returncode == 2 and "invalid choice: 'sgd'" in proc.stderr
     proc = onlinespec("generate", "hi", "--learner", "ogd", "--lr", "-1")
     assert proc.returncode == 2 and "lr must be > 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _other_value(action: argparse.Action, tmp_path) -> list[str]:
+    """Command-line words that set `action` to a valid value other than its default."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [action.option_strings[1 if action.default else 0]]  # --no-NAME turns a default True off
+    flag = action.option_strings[0]
+    if action.choices:
+        return [flag, next(c for c in action.choices if c != action.default)]
+    if action.type is None:  # a path
+        return [flag, str(tmp_path / flag.strip("-"))]
+    if action.nargs == 2:
+        return [flag, *(str(v / 2) for v in action.default)]
+    if action.type is int:
+        return [flag, str(action.default + 1)]
+    return [flag, str(action.default / 2 if action.default else 0.5)]
+
+
+def test_every_learner_setting_is_reachable_from_a_flag(tmp_path) -> None:
+    """Each LearnerConfig and OnlineConfig field changes when some learning flag does: a new field without a flag
+    (or a flag that online_config_from_args drops) fails here."""
+    from onlinespec.commands.flags import add_learning_flags, add_session_flags, online_config_from_args
+    from onlinespec.online.learners import LearnerConfig
+    from onlinespec.online.session import OnlineConfig
+
+    parser = argparse.ArgumentParser()
+    group = add_learning_flags(parser, default_learner="ogd")
+    add_session_flags(group, save_in_background=True, wait_for_update=False)
+    default = online_config_from_args(parser.parse_args([]))
+    reached = set()
+    for action in group._group_actions:  # argparse has no public list of a group's flags
+        cfg = online_config_from_args(parser.parse_args(_other_value(action, tmp_path)))
+        for config, before, fields in (
+            (cfg, default, OnlineConfig.__dataclass_fields__),
+            (cfg.learner_cfg, default.learner_cfg, LearnerConfig.__dataclass_fields__),
+        ):
+            reached |= {
+                name for name in fields if name != "learner_cfg" and getattr(config, name) != getattr(before, name)
+            }
+    every = (set(OnlineConfig.__dataclass_fields__) - {"learner_cfg"}) | set(LearnerConfig.__dataclass_fields__)
+    assert every - reached == set()
+
+
+def test_learning_flag_defaults_are_each_commands_settings() -> None:
+    """The learning flags' defaults give the OnlineConfig each command used before the flags were shared."""
+    from onlinespec.cli import build_parser
+    from onlinespec.commands.flags import LEARNING_RATE, online_config_from_args
+    from onlinespec.online.learners import LearnerConfig
+    from onlinespec.online.session import OnlineConfig
+
+    parser = build_parser()
+    learner_cfg = LearnerConfig(lr=LEARNING_RATE)
+    generate = online_config_from_args(parser.parse_args(["generate", "hi"]))
+    assert generate == OnlineConfig(learner="static", learner_cfg=learner_cfg)
+    serve = online_config_from_args(parser.parse_args(["serve"]))
+    assert serve == OnlineConfig(learner_cfg=learner_cfg, save_in_background=True, wait_for_update=False)
+    bench = parser.parse_args(["bench", "--round-size", "8"])
+    assert online_config_from_args(bench) == OnlineConfig(learner="static", learner_cfg=learner_cfg, schedule="sync")
+
+
+def test_the_library_never_imports_the_command_layer() -> None:
+    """Commands import the library, never the other way round (no import circle through the CLI)."""
+    import ast
+    from pathlib import Path
+
+    import onlinespec
+
+    root = Path(onlinespec.__file__).parent
+    layer = {root / "cli.py", root / "__main__.py", *root.joinpath("commands").glob("*.py")}
+    offenders = []
+    for path in sorted(set(root.rglob("*.py")) - layer):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if any(n.startswith(("onlinespec.cli", "onlinespec.commands")) for n in names):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []

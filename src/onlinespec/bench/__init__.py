@@ -1,6 +1,6 @@
 """The online-learning benchmark (`onlinespec bench`): prompt streams (`prompts`), the interleaved runner
-(`runner`), per-round checkpoints (`checkpoint`), results and report (`results`), plots (`plots`), and the CLI
-command (`command`). Submodules are imported on use, so reading prompts does not load torch.
+(`runner`), per-round checkpoints (`checkpoint`), results and report (`results`) and plots (`plots`); its CLI
+command is onlinespec/commands/bench.py. Submodules are imported on use, so reading prompts does not load torch.
 
     from onlinespec.bench import run_bench
     from onlinespec.bench.prompts import load_stream

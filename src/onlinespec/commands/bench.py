@@ -13,27 +13,28 @@ import sys
 import time
 from pathlib import Path
 
-from onlinespec.cli import _quiet_transformers, add_learning_flags, online_config_from_args
+from onlinespec.commands.common import quiet_transformers
+from onlinespec.commands.flags import add_draft_flags, add_learning_flags, add_model_flags, online_config_from_args
 from onlinespec.errors import UserError
+
+NAME = "bench"
 
 # Learning flags that `generate` needs but the benchmark sets itself (per method, in --out, sync schedule).
 _NOT_FOR_BENCH = ("learner", "round_tokens", "draft_state", "telemetry")
 
 
-def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from onlinespec.bench.presets import PRESETS
     from onlinespec.bench.prompts import STREAM_NAMES
     from onlinespec.bench.runner import METHODS
-    from onlinespec.drafts import DEFAULT_DRAFT
-    from onlinespec.models import DEFAULT_MODEL, DTYPES
 
     presets = "\n".join(
         f"  {name}: {p.num_prompts} prompts of {p.stream}, {p.max_new_tokens} new tokens, rounds of {p.round_size},\n"
         f"    methods {','.join(p.methods)}, k={p.k}; {p.expected} on 2 CPU cores"
         for name, p in PRESETS.items()
     )
-    bench = commands.add_parser(
-        "bench",
+    bench = subparsers.add_parser(
+        NAME,
         help="compare decoding speed of ar, static and online-learning drafts on a prompt stream",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,24 +62,21 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         default=None,
         help=f"comma-separated, must include ar; from {','.join(METHODS)} (default: the preset's)",
     )
-    bench.add_argument("--target", default=DEFAULT_MODEL, help="target model spec (default: %(default)s)")
-    bench.add_argument("--draft", default=DEFAULT_DRAFT, help="draft spec, the warm start (default: %(default)s)")
-    bench.add_argument("--k", type=int, default=None, help="drafted tokens per verify step (default: the preset's)")
+    add_model_flags(bench)
+    add_draft_flags(bench, k_help="drafted tokens per verify step (default: the preset's)")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="(default: the preset's)")
-    bench.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: %(default)s)")
     bench.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     bench.add_argument("--seed", type=int, default=0, help="torch seed, recorded (default: %(default)s)")
     bench.add_argument("--out", default=None, metavar="DIR", help="output folder (default: ./bench-<timestamp>)")
     bench.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_learning_flags(bench)
-    bench.set_defaults(round_size=None, schedule="sync")
+    bench.set_defaults(k=None, round_size=None, schedule="sync")  # None: the preset's
     for action in bench._actions:  # argparse has no public way to change an inherited flag's help
         if action.dest in _NOT_FOR_BENCH:
             action.help = argparse.SUPPRESS
         elif action.dest == "round_size":
             action.help = "prompts per learning round, the same for every method (default: the preset's)"
-    return bench
 
 
 def _pick(flag: int | None, preset_value: int) -> int:
@@ -90,7 +88,7 @@ def _methods(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from onlinespec.bench import run_bench
     from onlinespec.bench.presets import get_preset
     from onlinespec.bench.prompts import load_prompts, load_stream
@@ -125,7 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         online=online_config_from_args(args),
     )
     out = Path(args.out or f"bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    _quiet_transformers()
+    quiet_transformers()
     print(
         f"onlinespec bench: {len(stream.online)} prompts of {stream.name}, methods {','.join(settings.methods)}, "
         f"{settings.max_new_tokens} new tokens, k={settings.k}, draft {settings.draft}; writing to {out}/",

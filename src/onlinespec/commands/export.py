@@ -1,4 +1,4 @@
-"""`onlinespec export`: write a saved EAGLE head in the layout vLLM or SGLang loads (see onlinespec/export.py)."""
+"""`onlinespec export`: write a saved EAGLE head in the layout vLLM or SGLang loads (library: onlinespec/export/)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ import argparse
 import json
 import sys
 
+from onlinespec.commands.flags import add_model_flags
 from onlinespec.errors import UserError
 
+NAME = "export"
 
-def add_export_parser(commands) -> None:
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from onlinespec.export import FORMATS
-    from onlinespec.models import DEFAULT_MODEL
 
-    p = commands.add_parser("export", help="export an EAGLE head for vLLM or SGLang")
+    p = subparsers.add_parser(NAME, help="export an EAGLE head for vLLM or SGLang")
     p.add_argument("--draft", required=True, metavar="eagle:DIR", help="the head to export, as eagle:DIR")
-    p.add_argument(
-        "--target", default=DEFAULT_MODEL, help="the target model spec the head was trained for (default: %(default)s)"
-    )
+    add_model_flags(p, target_help="the target model spec the head was trained for (default: %(default)s)", dtype=False)
     p.add_argument("--out", required=True, help="output directory (config.json + model.safetensors)")
     p.add_argument("--format", choices=FORMATS, default="vllm", help="engine layout (default: %(default)s)")
     p.add_argument(
@@ -30,7 +30,7 @@ def add_export_parser(commands) -> None:
     )
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from onlinespec.export import export_eagle
 
     kind, _, where = args.draft.partition(":")

@@ -1,28 +1,29 @@
-"""`onlinespec serve`: its flags and its handler. cli.py registers it with `add_serve_parser(commands)`."""
+"""`onlinespec serve`: an OpenAI-compatible HTTP API whose draft learns from its traffic (library: onlinespec.serve)."""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
-import socket
-from dataclasses import replace
 
+from onlinespec.commands.common import quiet_transformers
+from onlinespec.commands.flags import (
+    add_draft_flags,
+    add_learning_flags,
+    add_model_flags,
+    add_session_flags,
+    online_config_from_args,
+    wants_learning,
+)
 from onlinespec.errors import UserError
 
+NAME = "serve"
 API_KEY_ENV = "ONLINESPEC_API_KEY"
 
 
-def add_serve_parser(commands) -> argparse.ArgumentParser:
-    from onlinespec.cli import add_learning_flags
-    from onlinespec.drafts import DEFAULT_DRAFT, DEFAULT_K
-    from onlinespec.models import DEFAULT_MODEL, DTYPES
-
-    p = commands.add_parser("serve", help="serve an OpenAI-compatible HTTP API whose draft learns from its traffic")
-    p.add_argument("--target", default=DEFAULT_MODEL, help="target model spec (default: %(default)s)")
-    p.add_argument("--draft", default=DEFAULT_DRAFT, help="draft spec, or none (default: %(default)s)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="drafted tokens per verify step (default: %(default)s)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: %(default)s)")
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(NAME, help="serve an OpenAI-compatible HTTP API whose draft learns from its traffic")
+    add_model_flags(p)
+    add_draft_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     p.add_argument(
@@ -46,21 +47,23 @@ def add_serve_parser(commands) -> argparse.ArgumentParser:
         help="max_tokens when a request gives none (default: %(default)s)",
     )
     p.add_argument(
-        "--checkpoint-every", type=int, default=1, help="save the draft state every N rounds (default: %(default)s)"
-    )
-    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=10.0,
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default: %(default)s)",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    add_learning_flags(p, default_learner="ogd")
-    return p
+    learning = add_learning_flags(p, default_learner="ogd")
+    # Decoding never waits for the learner: a round boundary that finds the last update still running is
+    # postponed, and snapshots are copied at the boundary and written in a thread (~1 s for a layerskip:4
+    # draft of the embedded model with its OGD state, which would otherwise stall decoding every checkpoint).
+    add_session_flags(learning, save_in_background=True, wait_for_update=False)
 
 
 def check_flags(args: argparse.Namespace) -> None:
     """Everything that needs no model, so a typo costs no loading time."""
+    from onlinespec.serve.address import check_port_free
+
     positive = {
         "--k": args.k,
         "--max-queue": args.max_queue,
@@ -84,64 +87,27 @@ def check_flags(args: argparse.Namespace) -> None:
     check_port_free(args.host, args.port)
 
 
-def check_port_free(host: str, port: int) -> None:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot resolve --host '{host}': {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     check_flags(args)
-    from onlinespec.cli import _quiet_transformers, online_config_from_args, wants_learning
-
     try:
-        from onlinespec.serve.app import ServeSettings, build_app
-        from onlinespec.serve.metrics import ServerMetrics
-        from onlinespec.serve.server import log, run_server, setup_logging
-        from onlinespec.serve.tokens import PromptEncoder
-        from onlinespec.serve.worker import Worker
+        from onlinespec.serve.app import ServeSettings
+        from onlinespec.serve.launch import ServerOptions, serve_pipeline
+        from onlinespec.serve.server import log, setup_logging
     except ImportError as exc:
         raise UserError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): pip install onlinespec") from None
-    from onlinespec.drafts import target_vocab_size
-    from onlinespec.online.session import OnlineLearning
     from onlinespec.pipeline import Pipeline
+    from onlinespec.serve.address import is_loopback
 
     setup_logging(args.log_level)
     if not is_loopback(args.host) and args.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", args.host)
-    _quiet_transformers()
+    quiet_transformers()
     pipe = Pipeline.load(target=args.target, draft=args.draft, dtype=args.dtype)
     online = None
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")
-        # Decoding never waits for the learner: a round boundary that finds the last update still running is
-        # postponed, and snapshots are copied at the boundary and written in a thread (~1 s for a layerskip:4
-        # draft of the embedded model with its OGD state, which would otherwise stall decoding every checkpoint).
-        cfg = replace(
-            online_config_from_args(args),
-            save_every=args.checkpoint_every,
-            save_in_background=True,
-            wait_for_update=False,
-        )
-        online = OnlineLearning(pipe.engine, cfg)
+        online = _start_learning(pipe, args)
         if args.draft_state:
             if online.round:
                 log.info("restored draft state (round %d) from %s", online.round, args.draft_state)
@@ -156,11 +122,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens,
     )
-    metrics = ServerMetrics(learner=args.learner)
-    worker = Worker(pipe, online, metrics, max_queue=args.max_queue, request_timeout_s=args.request_timeout)
-    encoder = PromptEncoder(
-        pipe.tokenizer, target_vocab_size(pipe.target), pipe.context_length, args.default_max_tokens
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        max_queue=args.max_queue,
+        shutdown_grace_s=args.shutdown_grace,
+        log_level=args.log_level,
     )
-    app = build_app(settings, worker, encoder, metrics)
-    run_server(app, worker, args.host, args.port, args.shutdown_grace, args.log_level)
+    serve_pipeline(pipe, online, settings, options, learner=args.learner)
     return 0
+
+
+def _start_learning(pipe, args: argparse.Namespace):
+    """The learning session of the server's pipeline, from the learning flags."""
+    from onlinespec.online.session import OnlineLearning
+
+    # The one line that attaches learning; once `Pipeline.enable_learning(cfg)` is the only way, it becomes that call.
+    return OnlineLearning(pipe.engine, online_config_from_args(args))

@@ -1,0 +1,100 @@
+"""`onlinespec warmup`: distil a draft head from the target on text available offline, then measure it.
+
+Phases (each resumable): the target's greedy answers to warm-up prompts -> teacher passes (features + top-K) over
+answers and CPython text -> distillation within a time/step budget -> held-out agreement and a speculative
+decoding check on held-out prompts. The head lands in --out/KIND as config.json + model.safetensors (load it with
+`--draft KIND:DIR`); warmup.json beside it records the command, seed, data and results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from onlinespec.commands.flags import add_model_flags
+from onlinespec.errors import UserError
+
+NAME = "warmup"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from onlinespec.drafts.heads import HEAD_KINDS
+    from onlinespec.warmup.run import DATA_SOURCES
+
+    p = subparsers.add_parser(NAME, help="distil a draft head from the target on offline text")
+    add_model_flags(p, dtype=False)
+    p.add_argument("--draft", default="eagle", help=f"head kind: {', '.join(HEAD_KINDS)} (default: %(default)s)")
+    p.add_argument("--out", required=True, help="directory for the head, checkpoints and caches")
+    p.add_argument("--minutes", type=float, default=20.0, help="training time budget (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = time budget only)")
+    p.add_argument("--data", default="answers,stdlib,pydoc", help=f"sources from {', '.join(DATA_SOURCES)}")
+    p.add_argument("--answers", type=int, default=48, help="warm-up prompts the target answers (default: %(default)s)")
+    p.add_argument("--answer-tokens", type=int, default=128, help="max tokens of each target answer")
+    p.add_argument("--corpus-tokens", type=int, default=120_000, help="tokens taken from stdlib + pydoc")
+    p.add_argument("--seq-len", type=int, default=256, help="corpus sequence length (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--unroll", type=int, default=2, help="EAGLE training passes on its own features")
+    p.add_argument(
+        "--eagle-layout",
+        choices=("onlinespec", "eagle1"),
+        default="onlinespec",
+        help="eagle1 = the exact EAGLE-1 head vLLM/SGLang run, for `onlinespec export` (default: %(default)s)",
+    )
+    p.add_argument("--draft-vocab", type=int, default=8192, help="reduced draft vocabulary size, 0 = full")
+    p.add_argument("--top-k", type=int, default=32, help="target probabilities kept per position")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted warm-up in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from onlinespec.drafts.heads import HEAD_KINDS
+    from onlinespec.warmup.run import DATA_SOURCES, WarmupConfig, run_warmup
+
+    if args.draft not in HEAD_KINDS:
+        raise UserError(f"warmup trains heads: --draft must be one of {', '.join(HEAD_KINDS)}, not '{args.draft}'")
+    sources = [s.strip() for s in args.data.split(",") if s.strip()]
+    if not sources or set(sources) - set(DATA_SOURCES):
+        raise UserError(f"--data takes a comma list from {', '.join(DATA_SOURCES)}, got '{args.data}'")
+    if min(args.seq_len, args.batch_tokens, args.top_k, args.unroll) < 1 or args.minutes <= 0:
+        raise UserError("--seq-len, --batch-tokens, --top-k, --unroll and --minutes must be positive")
+    if args.batch_tokens < args.seq_len:
+        raise UserError("--batch-tokens must be at least --seq-len")
+    cfg = WarmupConfig(
+        out=args.out,
+        target=args.target,
+        kind=args.draft,
+        minutes=args.minutes,
+        steps=args.steps,
+        sources=tuple(sources),
+        answers=args.answers,
+        answer_tokens=args.answer_tokens,
+        corpus_tokens=args.corpus_tokens,
+        seq_len=args.seq_len,
+        batch_tokens=args.batch_tokens,
+        lr=args.lr,
+        unroll=args.unroll,
+        eagle_layout=args.eagle_layout,
+        draft_vocab=args.draft_vocab,
+        top_k=args.top_k,
+        seed=args.seed,
+        resume=args.resume,
+    )
+    record = run_warmup(cfg, command="onlinespec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    before, after = record["held_out_top1_agreement"].values()
+    decoding = record["held_out_decoding"]
+    head_dir = Path(args.out) / args.draft
+    print(
+        f"warm-up done in {record['total_s'] / 60:.1f} min ({record['steps']} steps): held-out top-1 agreement "
+        f"{_pct(before)} -> {_pct(after)} (per head output); decoding {decoding['prompts']} held-out prompts, "
+        f"k={decoding['k']}: alpha {decoding['alpha']:.3f}, tau {decoding['tau']:.2f}. Head: {head_dir} "
+        f"(use --draft {args.draft}:{head_dir})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _pct(values: list[float]) -> str:
+    return "/".join(f"{100 * v:.1f}%" for v in values)

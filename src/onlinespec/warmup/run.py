@@ -1,0 +1,186 @@
+"""`run_warmup`: distil a draft head from the target on text available offline, then measure it
+(`onlinespec warmup` is its command).
+
+Phases (each resumable): the target's greedy answers to warm-up prompts -> teacher passes (features + top-K) over
+answers and CPython text -> distillation within a time/step budget -> held-out agreement and a speculative
+decoding check on held-out prompts. The head lands in --out/KIND as config.json + model.safetensors (load it with
+`--draft KIND:DIR`); warmup.json beside it records the command, seed, data and results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+
+import torch
+
+from onlinespec.errors import UserError
+from onlinespec.models import DEFAULT_MODEL
+
+DATA_SOURCES = ("answers", "stdlib", "pydoc")
+WARMUP_STREAMS = {"humaneval": 40, "spider": 40, "finance": 24}  # the first items of each stream (paper protocol)
+EVAL_PER_STREAM = 2  # the last warm-up prompts of each stream are held out for the final check
+
+
+@dataclass
+class WarmupConfig:
+    """A warm-up: which head, from which data, trained how long. Every field is an `onlinespec warmup` flag."""
+
+    out: str | Path  # directory for the head, checkpoints and caches
+    target: str = DEFAULT_MODEL
+    kind: str = "eagle"  # head kind, one of drafts.heads.HEAD_KINDS
+    minutes: float = 20.0  # training time budget
+    steps: int = 0  # stop after this many steps (0 = time budget only)
+    sources: tuple[str, ...] = DATA_SOURCES
+    answers: int = 48  # warm-up prompts the target answers
+    answer_tokens: int = 128  # max tokens of each target answer
+    corpus_tokens: int = 120_000  # tokens taken from stdlib + pydoc
+    seq_len: int = 256  # corpus sequence length
+    batch_tokens: int = 4096  # tokens per batch
+    lr: float = 5e-4  # AdamW learning rate
+    unroll: int = 2  # EAGLE training passes on its own features
+    eagle_layout: str = "onlinespec"  # eagle1 = the exact EAGLE-1 head vLLM/SGLang run
+    draft_vocab: int = 8192  # reduced draft vocabulary size, 0 = full
+    top_k: int = 32  # target probabilities kept per position
+    seed: int = 0
+    resume: bool = False  # continue an interrupted warm-up in `out`
+
+
+def _warmup_prompts() -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts) from the warm-up slices of the prompt streams (bench/prompts.py)."""
+    from onlinespec.bench.prompts import STREAMS
+
+    per_stream, held = [], []
+    for name, count in WARMUP_STREAMS.items():
+        prompts = STREAMS[name]()[:count]
+        per_stream.append(prompts[: count - EVAL_PER_STREAM])
+        held += prompts[count - EVAL_PER_STREAM :]
+    # round robin over the streams, so the first N training prompts cover every domain
+    train = [p for group in zip_longest(*per_stream) for p in group if p is not None]
+    return train, held
+
+
+def _fingerprint(sequences: list[list[int]], top_k: int) -> str:
+    digest = hashlib.sha256(json.dumps([top_k, sequences]).encode()).hexdigest()
+    return digest[:12]
+
+
+def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
+    """Warm up the head `cfg.kind` for `cfg.target`; it lands in cfg.out/KIND with warmup.json (the returned record,
+    which notes `command`, the command line that ran it)."""
+    from onlinespec.decoding.config import GenerationConfig
+    from onlinespec.drafts.head_store import load_into, read_head, save_head
+    from onlinespec.drafts.heads import build_head
+    from onlinespec.models import load_model
+    from onlinespec.pipeline import Pipeline
+    from onlinespec.warmup.corpus import chunked_token_sequences, generate_answers, pydoc_texts, stdlib_texts
+    from onlinespec.warmup.distill import DistillConfig, agreement, choose_draft_vocab, distill
+    from onlinespec.warmup.teacher import teacher_batches
+
+    out = Path(cfg.out)
+    # One --out can hold several kinds: they share the answers and teacher caches, each has its own checkpoint.
+    checkpoint = out / f"checkpoint-{cfg.kind}"
+    if checkpoint.exists() and not cfg.resume:
+        raise UserError(
+            f"'{out}' holds an earlier {cfg.kind} warm-up: pass --resume to continue it, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    started = time.monotonic()
+
+    loaded = load_model(cfg.target, "float32")
+    target, tokenizer = loaded.model, loaded.tokenizer
+    pipe = Pipeline(loaded, None)
+    train_prompts, held_prompts = _warmup_prompts()
+    sequences: list[list[int]] = []
+    sources = list(cfg.sources)
+    if "answers" in sources:
+        sequences += generate_answers(pipe, train_prompts[: cfg.answers], cfg.answer_tokens, out / "answers.jsonl")
+    corpus = []
+    if "stdlib" in sources:
+        corpus.append(stdlib_texts())
+    if "pydoc" in sources:
+        corpus.append(pydoc_texts())
+    for texts in corpus:
+        sequences += chunked_token_sequences(texts, tokenizer, cfg.seq_len, cfg.corpus_tokens // len(corpus))
+    held = sequences[::20]  # every 20th sequence is held out for the agreement figure
+    train = [s for i, s in enumerate(sequences) if i % 20]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cache = out / f"teacher-{_fingerprint(sequences, cfg.top_k)}"
+    teacher_s = time.monotonic()
+    train_batches = teacher_batches(target, train, cfg.batch_tokens, cfg.top_k, pad, cache / "train")
+    held_batches = teacher_batches(target, held, cfg.batch_tokens, cfg.top_k, pad, cache / "held")
+    teacher_s = time.monotonic() - teacher_s
+
+    vocab, coverage = None, 1.0
+    if cfg.draft_vocab:
+        always = sorted(pipe.eos_ids)
+        vocab, coverage = choose_draft_vocab(train_batches, cfg.draft_vocab, always)
+    head = build_head(cfg.kind, target, vocab, **({"layout": cfg.eagle_layout} if cfg.kind == "eagle" else {}))
+    if hasattr(head, "unroll"):
+        head.unroll = cfg.unroll
+    before = agreement(head, held_batches)
+
+    def resume():
+        if not (checkpoint / "trainer.pt").is_file():
+            return None
+        _, tensors = read_head(checkpoint / "head")
+        load_into(head, tensors, str(checkpoint / "head"))
+        print(f"onlinespec: resuming the warm-up from {checkpoint}", file=sys.stderr)
+        return torch.load(checkpoint / "trainer.pt")
+
+    distill_cfg = DistillConfig(minutes=cfg.minutes, max_steps=cfg.steps, lr=cfg.lr, seed=cfg.seed)
+    result = distill(head, train_batches, distill_cfg, checkpoint, lambda d: save_head(d, head, target), resume)
+    after = agreement(head, held_batches)
+    decoding = _decoding_check(loaded, head, held_prompts, GenerationConfig(max_new_tokens=96, k=4))
+    record = {
+        "command": command,
+        "target": cfg.target,
+        "kind": cfg.kind,
+        "seed": cfg.seed,
+        "data": {
+            "sources": sources,
+            "warmup_prompts": {k: v - EVAL_PER_STREAM for k, v in WARMUP_STREAMS.items()},
+            "answered_prompts": min(cfg.answers, len(train_prompts)) if "answers" in sources else 0,
+            "sequences": len(train),
+            "train_tokens": sum(b.tokens for b in train_batches),
+            "held_out_tokens": sum(b.tokens for b in held_batches),
+        },
+        "draft_vocab": {"size": int(vocab.numel()) if vocab is not None else None, "top1_coverage": coverage},
+        "teacher_s": teacher_s,
+        "train_minutes": cfg.minutes,
+        **result,
+        "held_out_top1_agreement": {"untrained": before, "warmed_up": after},
+        "held_out_decoding": decoding,
+        "total_s": time.monotonic() - started,
+    }
+    save_head(out / cfg.kind, head, target, extra={"warmup": record})
+    (out / cfg.kind / "warmup.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _decoding_check(loaded, head, prompts: list[str], cfg) -> dict:
+    """Greedy speculative decoding of held-out prompts with the head: the accept-rate figure users care about."""
+    from onlinespec.drafts.heads import HEAD_KINDS
+    from onlinespec.pipeline import Pipeline
+
+    draft = HEAD_KINDS[head.kind][1](head, name=head.kind)
+    pipe = Pipeline(loaded, draft)
+    drafted = accepted = tokens = forwards = 0
+    for prompt in prompts:
+        stats = pipe.generate(prompt, cfg).stats
+        drafted += stats.drafted
+        accepted += stats.accepted
+        tokens += stats.new_tokens
+        forwards += stats.target_forwards
+    return {
+        "prompts": len(prompts),
+        "k": cfg.k,
+        "alpha": accepted / max(drafted, 1),
+        "tau": tokens / max(forwards, 1),
+    }
