@@ -5,9 +5,9 @@ where e is the target's frozen token embedding and d_j the tokens drafted on the
 training: d_j = x_{t+1+j}). The input block is h = f_t + SiLU(W x + b), then num_layers - 1 residual blocks
 h = h + SiLU(W' h + b'), then the target's frozen LM head. All W, b start at zero, so an untrained Hydra head,
 like an untrained Medusa head, is the target's LM head applied to f_t; training makes it path-dependent.
-No final norm, for the reason given in drafts/medusa.py (the features are already post-norm).
+No final norm, for the reason given in drafts/depth_heads.py (the features are already post-norm).
 
-Decoding uses drafts/medusa.py's DepthHeadsDraft: a tree node's children come from the head of the next depth
+Decoding uses drafts/depth_heads.py's DepthHeadsDraft: a tree node's children come from the head of the next depth
 given that node's whole path.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onlinespec.drafts.medusa import DepthHeads, ResidualBlock
+from onlinespec.drafts.depth_heads import DepthHeads, ResidualBlock
 
 
 class HydraHead(DepthHeads):
