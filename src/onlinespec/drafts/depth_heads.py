@@ -48,11 +48,16 @@ def check_layout(num_heads: int, num_layers: int) -> None:
 
 
 class DepthHeads(nn.Module):
-    """What Medusa and Hydra share: H heads, head i guessing the token i steps past the next one."""
+    """What Medusa and Hydra share: H heads, head i guessing the token i steps past the next one.
+
+    A kind sets `kind` and `trainable_prefixes`, and makes its trainable modules in `add_heads`."""
 
     layout_keys: tuple[str, ...] = ("num_heads", "num_layers")  # constructor settings stored in config.json
+    trainable_prefixes: tuple[str, ...] = ()  # names of the kind's own (trainable) submodules, with a "."
 
-    def __init__(self, target: nn.Module, vocab_ids: torch.Tensor | None, num_heads: int, num_layers: int) -> None:
+    def __init__(
+        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
+    ) -> None:
         super().__init__()
         check_layout(num_heads, num_layers)
         self.num_heads = num_heads
@@ -60,6 +65,14 @@ class DepthHeads(nn.Module):
         self.hidden_size = target.config.hidden_size
         self.param_dtype = target.get_output_embeddings().weight.dtype  # the trainable blocks are made in this dtype
         self.vocab = DraftVocab(target.get_output_embeddings(), vocab_ids)
+        self.add_heads(target)
+
+    def add_heads(self, target: nn.Module) -> None:
+        """Make the kind's trainable modules (in `param_dtype`; blocks start at zero) for this target."""
+        raise NotImplementedError
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if n.startswith(self.trainable_prefixes)]
 
     def store_config(self) -> dict:
         return {"num_heads": self.num_heads, "num_layers": self.num_layers}

@@ -23,20 +23,15 @@ class HydraHead(DepthHeads):
     """Trainable: `inputs` and `blocks`. Shared with the target and frozen: its token embeddings and LM head."""
 
     kind = "hydra"
+    trainable_prefixes = ("inputs.", "blocks.")
 
-    def __init__(
-        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
-    ) -> None:
-        super().__init__(target, vocab_ids, num_heads, num_layers)
-        d = self.hidden_size
-        self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in range(1, num_heads + 1)).to(self.param_dtype)
+    def add_heads(self, target: nn.Module) -> None:
+        d, heads = self.hidden_size, range(1, self.num_heads + 1)
+        self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in heads).to(self.param_dtype)
         self.blocks = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers - 1))) for _ in range(num_heads)
+            nn.Sequential(*(ResidualBlock(d) for _ in range(self.num_layers - 1))) for _ in heads
         ).to(self.param_dtype)
         self.embed = target.get_input_embeddings()
-
-    def trainable_names(self) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith(("inputs.", "blocks."))]
 
     def _head(self, i: int, feature: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
         """Head i (1-based): feature [..., d], embedded [..., i * d] = e(x_{t+1}) .. e(d_{i-1}) -> logits [..., Vd]."""

@@ -21,18 +21,13 @@ class MedusaHead(DepthHeads):
     """Trainable: `heads` (H stacks of residual blocks). Shared with the target and frozen: its LM head."""
 
     kind = "medusa"
+    trainable_prefixes = ("heads.",)
 
-    def __init__(
-        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
-    ) -> None:
-        super().__init__(target, vocab_ids, num_heads, num_layers)
+    def add_heads(self, target: nn.Module) -> None:
         d = self.hidden_size
         self.heads = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers))) for _ in range(num_heads)
+            nn.Sequential(*(ResidualBlock(d) for _ in range(self.num_layers))) for _ in range(self.num_heads)
         ).to(self.param_dtype)
-
-    def trainable_names(self) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith("heads.")]
 
     def forward(self, features: torch.Tensor, next_ids: torch.Tensor) -> list[torch.Tensor]:
         """Training pass. features [B, T, d] = f_0..f_{T-1}; next_ids [B, T] (unused: Medusa reads f_t only).
