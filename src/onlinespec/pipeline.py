@@ -15,10 +15,11 @@ import torch
 
 from onlinespec.decoding.autoregressive import autoregressive_stream
 from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.draft import Draft
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.decoding.stopping import StopCriteria
-from onlinespec.drafts import DEFAULT_DRAFT, Draft, make_draft
+from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
 

@@ -13,6 +13,7 @@ import torch
 
 from onlinespec.decoding.autoregressive import choose_token
 from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.draft import Draft
 from onlinespec.decoding.feedback import FeedbackListener, FeedbackRecord
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.decoding.metrics import RequestStats
@@ -20,7 +21,6 @@ from onlinespec.decoding.sampling import probs_from_logits
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.decoding.tree import additive_mask, ancestor_mask, compact_cache, greedy_tree_walk
 from onlinespec.decoding.verify import verify_greedy, verify_sampling
-from onlinespec.drafts.base import Draft
 from onlinespec.errors import UserError
 
 

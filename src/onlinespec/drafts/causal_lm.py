@@ -1,13 +1,28 @@
-"""A draft that is itself a transformers causal LM (an independent small LM, or a layer-skip view of the target)."""
+"""A draft that is itself a transformers causal LM (an independent small LM, or a layer-skip view of the target).
+
+`CausalLMDraft` implements the engine's `Draft` (decoding/draft.py) and online learning's `TrainableDraft`
+(online/trainable_draft.py).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.decoding.sampling import SamplingConfig
-from onlinespec.drafts.base import ChainRecorder, Proposal
+from onlinespec.drafts.chain import ChainRecorder
+from onlinespec.models.resolve import LoadedModel
+from onlinespec.online.feedback_buffer import RequestExamples
+from onlinespec.online.trainable_draft import ExampleTerm
+
+
+def target_vocab_size(target: LoadedModel) -> int:
+    """V: the rows of the target's LM head (may exceed its tokenizer's vocabulary)."""
+    return target.model.get_output_embeddings().weight.shape[0]
 
 
 class CausalLMDraft:
@@ -57,7 +72,7 @@ class CausalLMDraft:
         return chain.proposal()
 
     # --- training (online/draft_objective.py) ----------------------------------------------------------------
-    def example_terms(self, call, ex) -> list[tuple[float, torch.Tensor, list[int]]]:
+    def example_terms(self, call: Callable[..., object], ex: RequestExamples) -> list[ExampleTerm]:
         """One request's training terms: [(weight, logits [P, Vd] at its positions, rows 0..P-1)].
 
         call(**kwargs) runs the (training copy of the) model with the learner's parameters."""

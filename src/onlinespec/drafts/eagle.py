@@ -15,17 +15,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.kv_cache import rollback
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, TreeProposal, additive_mask, static_tree_shape
-from onlinespec.drafts.base import ChainRecorder, Proposal
-from onlinespec.drafts.head_parts import (
-    DraftVocab,
-    HeadDraft,
-    causal_mask,
-    decoder_of,
-    init_linear_weights,
-)
+from onlinespec.drafts.chain import ChainRecorder
+from onlinespec.drafts.head_draft import HeadDraft
+from onlinespec.drafts.head_parts import DraftVocab, causal_mask, decoder_of, init_linear_weights
 from onlinespec.drafts.tree_builder import TreeBuilder
 
 

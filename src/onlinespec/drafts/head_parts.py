@@ -1,4 +1,5 @@
-"""What every feature-level draft head (EAGLE, Medusa, Hydra) shares with its target, and the draft vocabulary.
+"""The building blocks every feature-level draft head (EAGLE, Medusa, Hydra) shares with its target, and the draft
+vocabulary. (What a head must offer is declared in drafts/head_protocol.py; the draft side is drafts/head_draft.py.)
 
 Heads reuse the target's frozen token embeddings, final norm, rotary embedding and LM head; they own only their
 small trainable part. A head may predict over a reduced vocabulary (the most frequent target tokens): exactness
@@ -80,49 +81,3 @@ def init_linear_weights(module: nn.Module, std: float) -> None:
             nn.init.normal_(sub.weight, std=std)
             if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
-
-
-def head_example_terms(head: nn.Module, call, ex) -> list[tuple[float, torch.Tensor, list[int]]]:
-    """Training terms of one request for a feature-level head (online/draft_objective.py).
-
-    ex: RequestExamples with the target's features; its position j carries the target's p for token j + 1.
-    The head runs teacher-forced over steps t = 0..m-1 (features f_t, next tokens x_{t+1}); its output i at
-    step t matches position t + head.offsets[i]. Returns [(weight, logits [P_i, Vd], example rows)].
-    """
-    if ex.features is None or not ex.pred_index:
-        return []
-    m = min(max(ex.pred_index), ex.features.shape[0], ex.context_ids.numel() - 1)
-    if m < 1:
-        return []
-    outputs = call(features=ex.features[None, :m], next_ids=ex.context_ids[None, 1 : m + 1])
-    terms = []
-    for out, offset, weight in zip(outputs, head.offsets, head.loss_weights, strict=True):
-        rows = [r for r, j in enumerate(ex.pred_index) if 0 <= j - offset < out.shape[1]]
-        if rows:
-            terms.append((weight, out[0, [ex.pred_index[r] - offset for r in rows]], rows))
-    return terms
-
-
-class HeadDraft:
-    """What the drafts of feature-level heads share: they want the target's features, can draft trees, train
-    `head.trainable_names()` online with `head_example_terms`, and map target ids into the head's vocabulary.
-    Subclasses keep their own request state (`begin`, `commit`) and drafting (`propose`, `propose_tree`)."""
-
-    wants_target_hidden = True
-    supports_tree = True
-
-    def __init__(self, head: nn.Module, name: str) -> None:
-        self.model = head
-        self.name = name
-        self.trainable = head.trainable_names()
-
-    def example_terms(self, call, ex):
-        return head_example_terms(self.model, call, ex)
-
-    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.vocab.to_draft_ids(target_ids)
-
-    def require_features(self, features: torch.Tensor | None) -> torch.Tensor:
-        if features is None:
-            raise ValueError(f"a {self.model.kind} draft needs the target's features (the engine passes them)")
-        return features

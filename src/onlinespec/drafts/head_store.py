@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from onlinespec.atomic import atomic_directory
+from onlinespec.drafts.head_protocol import Head
 from onlinespec.errors import UserError
 
 WEIGHTS = "model.safetensors"
@@ -21,7 +22,7 @@ CONFIG = "config.json"
 VOCAB_KEY = "draft_vocab_ids"
 
 
-def head_config(head: nn.Module, target: nn.Module, extra: dict | None = None) -> dict:
+def head_config(head: Head, target: nn.Module, extra: dict | None = None) -> dict:
     cfg = target.config
     return {
         "format": "onlinespec-head",
@@ -36,7 +37,7 @@ def head_config(head: nn.Module, target: nn.Module, extra: dict | None = None) -
     }
 
 
-def save_head(directory: str | Path, head: nn.Module, target: nn.Module, extra: dict | None = None) -> Path:
+def save_head(directory: str | Path, head: Head, target: nn.Module, extra: dict | None = None) -> Path:
     """Atomically write `head` (its trainable tensors) and its config to `directory` (replaced if present)."""
     directory = Path(directory)
     named = dict(head.named_parameters())
@@ -61,7 +62,7 @@ def read_head(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, load_file(str(directory / WEIGHTS))
 
 
-def load_into(head: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+def load_into(head: Head, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy saved trainable tensors into `head`, checking names and shapes."""
     named = dict(head.named_parameters())
     expected = set(head.trainable_names())

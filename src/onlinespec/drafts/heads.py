@@ -1,8 +1,7 @@
-"""Feature-level head drafts by kind: build a fresh head for a target, or load a warmed-up one from a directory.
+"""Feature-level head drafts: build a fresh head of a registered kind for a target, or load a warmed-up one.
 
-Specs: `KIND` (the head bundled with onlinespec for the embedded default target, if there is one),
-`KIND:DIR` (a head saved by `onlinespec warmup`) or `KIND:fresh` (untrained), for each kind in HEAD_KINDS.
-Bundled heads live in `onlinespec/heads/<target>-<kind>/` beside a warmup.json that records how they were made.
+Specs (drafts/registry.py): `KIND` (the head bundled with onlinespec for the target, drafts/bundled.py),
+`KIND:DIR` (a head saved by `onlinespec warmup`) or `KIND:fresh` (untrained), for each head kind in the registry.
 """
 
 from __future__ import annotations
@@ -12,28 +11,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from onlinespec.drafts.eagle import EagleDraft, EagleHead
+from onlinespec.drafts.bundled import bundled_head_dir
+from onlinespec.drafts.head_draft import HeadDraft
+from onlinespec.drafts.head_protocol import Head
 from onlinespec.drafts.head_store import VOCAB_KEY, load_into, read_head
-from onlinespec.drafts.hydra import HydraHead
-from onlinespec.drafts.medusa import DepthHeadsDraft, MedusaHead
+from onlinespec.drafts.registry import HEAD_KIND_NAMES, DraftSpec, head_kind_entry
 from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel
 
-# kind -> (head module class, draft class). Each head class takes (target, vocab_ids, **store_config).
-HEAD_KINDS: dict[str, tuple[type[nn.Module], type]] = {
-    "eagle": (EagleHead, EagleDraft),
-    "medusa": (MedusaHead, DepthHeadsDraft),
-    "hydra": (HydraHead, DepthHeadsDraft),
+# kind -> (head module class, draft class): a view of the registry's head entries (`head_kind_entry(kind)` gives
+# the entry itself, with `head_class` and `draft_class`).
+HEAD_KINDS: dict[str, tuple[type[Head], type[HeadDraft]]] = {
+    name: (head_kind_entry(name).head_class, head_kind_entry(name).draft_class) for name in HEAD_KIND_NAMES
 }
 
 
-def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = None, **layout) -> nn.Module:
-    if kind not in HEAD_KINDS:
-        raise UserError(f"unknown head kind '{kind}': choose one of {', '.join(HEAD_KINDS)}")
-    head_cls, _ = HEAD_KINDS[kind]
-    return head_cls(target, vocab_ids, **layout)
+def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = None, **layout) -> Head:
+    """A fresh (untrained) head of `kind` for `target`; vocab_ids [Vd] for a reduced draft vocabulary."""
+    return head_kind_entry(kind).head_class(target, vocab_ids, **layout)
 
 
-def load_head(directory: str | Path, target: nn.Module, kind: str | None = None) -> nn.Module:
+def load_head(directory: str | Path, target: nn.Module, kind: str | None = None) -> Head:
     """The head saved in `directory`, attached to `target` (whose frozen parts it shares)."""
     config, tensors = read_head(directory)
     saved_kind = config.get("kind")
@@ -46,38 +44,26 @@ def load_head(directory: str | Path, target: nn.Module, kind: str | None = None)
             f"vocabulary {config.get('target_vocab_size')}; this target has {target.config.hidden_size} and "
             f"{target_vocab}: warm up a head for it with `onlinespec warmup`"
         )
-    head_cls = HEAD_KINDS.get(saved_kind, (None,))[0]
-    if head_cls is None:
+    if saved_kind not in HEAD_KIND_NAMES:
         raise UserError(f"'{directory}' holds an unknown head kind '{saved_kind}'")
+    head_cls = head_kind_entry(saved_kind).head_class
     layout = {key: config[key] for key in head_cls.layout_keys if key in config}
-    head = build_head(saved_kind, target, tensors.get(VOCAB_KEY), **layout)
+    head = head_cls(target, tensors.get(VOCAB_KEY), **layout)
     load_into(head, tensors, str(directory))
     return head.eval()
 
 
-BUNDLED = Path(__file__).resolve().parent.parent / "heads"
-
-
-def has_bundled_head(kind: str, target_spec: str) -> bool:
-    return (BUNDLED / f"{target_spec}-{kind}" / "config.json").is_file()
-
-
-def bundled_head_dir(kind: str, target_spec: str) -> Path:
-    directory = BUNDLED / f"{target_spec}-{kind}"
-    if not (directory / "config.json").is_file():
-        raise UserError(
-            f"no bundled {kind} head for target '{target_spec}': warm one up with "
-            f"`onlinespec warmup --target {target_spec} --draft {kind} --out DIR` and pass --draft {kind}:DIR "
-            f"(or --draft {kind}:fresh for an untrained head)"
-        )
-    return directory
-
-
-def make_head_draft(spec: str, target: nn.Module, target_spec: str):
-    """`kind`, `kind:DIR` or `kind:fresh` -> a draft object implementing the Draft protocol."""
-    kind, _, where = spec.partition(":")
+def make_head_draft(spec: str, target: nn.Module, target_spec: str) -> HeadDraft:
+    """`kind`, `kind:DIR` or `kind:fresh` -> a draft of that head kind for `target` (named `target_spec`)."""
+    name, _, where = spec.partition(":")
+    kind = head_kind_entry(name)
     if where == "fresh":
-        head = build_head(kind, target).eval()
+        head = build_head(kind.name, target).eval()
     else:
-        head = load_head(where or bundled_head_dir(kind, target_spec), target, kind)
-    return HEAD_KINDS[head.kind][1](head, name=spec)
+        head = load_head(where or bundled_head_dir(kind.name, target_spec), target, kind.name)
+    return kind.draft_class(head, name=spec)
+
+
+def build_head_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> HeadDraft:
+    """The registry's builder for every head kind (a head takes its dtype from the target's modules)."""
+    return make_head_draft(spec.text, target.model, target.spec)

@@ -5,9 +5,9 @@ where e is the target's frozen token embedding and d_j the tokens drafted on the
 training: d_j = x_{t+1+j}). The input block is h = f_t + SiLU(W x + b), then num_layers - 1 residual blocks
 h = h + SiLU(W' h + b'), then the target's frozen LM head. All W, b start at zero, so an untrained Hydra head,
 like an untrained Medusa head, is the target's LM head applied to f_t; training makes it path-dependent.
-No final norm, for the reason given in drafts/medusa.py (the features are already post-norm).
+No final norm, for the reason given in drafts/depth_heads.py (the features are already post-norm).
 
-Decoding uses drafts/medusa.py's DepthHeadsDraft: a tree node's children come from the head of the next depth
+Decoding uses drafts/depth_heads.py's DepthHeadsDraft: a tree node's children come from the head of the next depth
 given that node's whole path.
 """
 
@@ -16,27 +16,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onlinespec.drafts.medusa import DepthHeads, ResidualBlock
+from onlinespec.drafts.depth_heads import DepthHeads, ResidualBlock
 
 
 class HydraHead(DepthHeads):
     """Trainable: `inputs` and `blocks`. Shared with the target and frozen: its token embeddings and LM head."""
 
     kind = "hydra"
+    trainable_prefixes = ("inputs.", "blocks.")
 
-    def __init__(
-        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, num_heads: int = 4, num_layers: int = 1
-    ) -> None:
-        super().__init__(target, vocab_ids, num_heads, num_layers)
-        d = self.hidden_size
-        self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in range(1, num_heads + 1)).to(self.param_dtype)
+    def add_heads(self, target: nn.Module) -> None:
+        d, heads = self.hidden_size, range(1, self.num_heads + 1)
+        self.inputs = nn.ModuleList(ResidualBlock(d, (i + 1) * d) for i in heads).to(self.param_dtype)
         self.blocks = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(d) for _ in range(num_layers - 1))) for _ in range(num_heads)
+            nn.Sequential(*(ResidualBlock(d) for _ in range(self.num_layers - 1))) for _ in heads
         ).to(self.param_dtype)
         self.embed = target.get_input_embeddings()
-
-    def trainable_names(self) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith(("inputs.", "blocks."))]
 
     def _head(self, i: int, feature: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
         """Head i (1-based): feature [..., d], embedded [..., i * d] = e(x_{t+1}) .. e(d_{i-1}) -> logits [..., Vd]."""

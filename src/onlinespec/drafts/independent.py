@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from onlinespec.drafts.causal_lm import CausalLMDraft, target_vocab_size
+from onlinespec.drafts.registry import DraftSpec
 from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel, load_model
+
+
+def make_independent_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> CausalLMDraft:
+    """A model spec: the model it names, loaded in `dtype`, which must share the target's tokenizer."""
+    loaded = load_model(spec.text, dtype)
+    check_same_tokenizer(target.tokenizer, loaded.tokenizer, spec.text)
+    return CausalLMDraft(loaded.model, target_vocab_size(target), name=spec.text)
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer, draft_spec: str) -> None:

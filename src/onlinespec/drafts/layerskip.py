@@ -10,7 +10,18 @@ import copy
 
 import torch
 
+from onlinespec.drafts.causal_lm import CausalLMDraft, target_vocab_size
+from onlinespec.drafts.registry import DraftSpec
 from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel
+
+
+def make_layerskip_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> CausalLMDraft:
+    """`layerskip:N` (the registry checked that N is a whole number): only the N copied layers are trainable."""
+    model = build_layerskip_model(target.model, int(spec.argument))
+    shared = {id(p) for p in target.model.parameters()}
+    own_layers = [n for n, p in model.named_parameters() if id(p) not in shared]
+    return CausalLMDraft(model, target_vocab_size(target), name=spec.text, trainable=own_layers)
 
 
 def build_layerskip_model(target: torch.nn.Module, num_layers: int) -> torch.nn.Module:

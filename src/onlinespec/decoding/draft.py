@@ -1,6 +1,7 @@
-"""The one protocol every draft kind implements; the engine talks to drafts only through it.
+"""The one protocol every draft kind implements, owned by the engine that calls it (DESIGN.md: seam 1).
 
-A new draft kind is one new file implementing `Draft` (DESIGN.md: seam 1).
+The engine talks to a draft only through `Draft` and reads only the `Proposal` it returns (tree drafts return a
+`TreeProposal`, decoding/tree.py). Draft kinds live in `onlinespec.drafts`; nothing here imports them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits, sample
+from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, TreeProposal
 
 
@@ -21,35 +22,6 @@ class Proposal:
     tokens: torch.Tensor  # LongTensor [k]
     logits: torch.Tensor  # [k, V] raw draft logits (ids the draft cannot produce hold -inf)
     probs: torch.Tensor | None  # [k, V] q after the request's logits processing; None when greedy
-
-
-class ChainRecorder:
-    """Collects a drafted chain one token at a time: greedy argmax, or a sample from q (kept for verification)."""
-
-    def __init__(self, sampling: SamplingConfig, generator: torch.Generator | None) -> None:
-        self.sampling, self.generator = sampling, generator
-        self.tokens: list[torch.Tensor] = []
-        self.logits: list[torch.Tensor] = []
-        self.probs: list[torch.Tensor] = []
-
-    def choose(self, step_logits: torch.Tensor) -> torch.Tensor:
-        """step_logits [V] (target vocabulary) -> the drafted token, LongTensor [1]."""
-        if self.sampling.greedy:
-            token = step_logits.argmax(dim=-1, keepdim=True)
-        else:
-            q = probs_from_logits(step_logits[None], self.sampling)
-            token = sample(q, self.generator)
-            self.probs.append(q[0])
-        self.tokens.append(token)
-        self.logits.append(step_logits)
-        return token
-
-    def proposal(self) -> Proposal:
-        return Proposal(
-            tokens=torch.cat(self.tokens),
-            logits=torch.stack(self.logits),
-            probs=torch.stack(self.probs) if self.probs else None,
-        )
 
 
 class Draft(Protocol):
