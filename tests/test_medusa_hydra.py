@@ -12,7 +12,8 @@ from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts.head_store import save_head
-from onlinespec.drafts.heads import HEAD_KINDS, build_head, load_head, make_head_draft
+from onlinespec.drafts.heads import build_head, load_head, make_head_draft
+from onlinespec.drafts.registry import head_kind_entry
 from onlinespec.errors import UserError
 from onlinespec.online.learners import LearnerConfig
 from onlinespec.online.session import OnlineConfig, OnlineLearning
@@ -161,7 +162,9 @@ def test_greedy_output_equals_autoregressive(target, trained, kind: str, reduced
     for prompt in prompts():
         expected = run_ar(target, prompt, cfg)[0]
         for model in (head, fresh):
-            got, stats = run_spec(SpeculativeEngine(target, HEAD_KINDS[kind][1](model, name=kind)), prompt, cfg)
+            got, stats = run_spec(
+                SpeculativeEngine(target, head_kind_entry(kind).draft_class(model, name=kind)), prompt, cfg
+            )
             assert got == expected
             accepted[model] += stats.accepted
             if model is head:
@@ -177,7 +180,7 @@ def test_fresh_heads_are_exact_on_a_target_with_attention(tiny_target, kind: str
     for prompt in prompts():
         for draft in (
             make_head_draft(f"{kind}:fresh", tiny_target, "tiny"),
-            HEAD_KINDS[kind][1](build_head(kind, tiny_target, vocab), kind),
+            head_kind_entry(kind).draft_class(build_head(kind, tiny_target, vocab), kind),
         ):
             got, _ = run_spec(SpeculativeEngine(tiny_target, draft), prompt, tree_config(tree))
             assert got == run_ar(tiny_target, prompt, tree_config(tree))[0]
@@ -189,7 +192,7 @@ def test_every_step_drafts_from_the_newest_committed_feature(target, trained, ki
     """The first two draft distributions of every verify step, recomputed from the target's feature f_{L-2} of
     the newest committed position that has one, the last committed token x_{L-1} and the first draft d_1."""
     head = trained[(kind, False)][0]
-    engine = SpeculativeEngine(target, HEAD_KINDS[kind][1](head, name=kind))
+    engine = SpeculativeEngine(target, head_kind_entry(kind).draft_class(head, name=kind))
     records = []
     engine.add_listener(records.append)
     for prompt in prompts():
@@ -211,7 +214,9 @@ def test_chain_longer_than_the_heads_drafts_one_token_per_head(target, trained, 
     head = trained[(kind, False)][0]
     cfg = GenerationConfig(max_new_tokens=30, k=7)
     for prompt in prompts(2):
-        got, stats = run_spec(SpeculativeEngine(target, HEAD_KINDS[kind][1](head, name=kind)), prompt, cfg)
+        got, stats = run_spec(
+            SpeculativeEngine(target, head_kind_entry(kind).draft_class(head, name=kind)), prompt, cfg
+        )
         assert got == run_ar(target, prompt, cfg)[0]
         steps = stats.target_forwards - 1
         assert stats.drafted <= 4 * steps and max(i for i, n in enumerate(stats.accept_hist) if n) <= 4
@@ -220,7 +225,7 @@ def test_chain_longer_than_the_heads_drafts_one_token_per_head(target, trained, 
 @pytest.mark.parametrize("kind", KINDS)
 def test_sampled_chain_carries_q_over_the_target_vocabulary(target, trained, kind: str) -> None:
     head = trained[(kind, True)][0]
-    draft = HEAD_KINDS[kind][1](head, name=kind)
+    draft = head_kind_entry(kind).draft_class(head, name=kind)
     prompt = prompts(1)[0]
     with torch.no_grad():
         features = target(input_ids=prompt[None], output_hidden_states=True).hidden_states[-1][0]
@@ -252,7 +257,7 @@ def test_save_load_round_trip(target, trained, tmp_path, kind: str) -> None:
         if name in head.trainable_names():
             assert torch.equal(named[name], p), name
     draft = make_head_draft(f"{kind}:{tmp_path / 'head'}", target, "tiny")
-    assert isinstance(draft, HEAD_KINDS[kind][1]) and draft.model.num_heads == 3
+    assert isinstance(draft, head_kind_entry(kind).draft_class) and draft.model.num_heads == 3
     with pytest.raises(UserError, match=f"holds a {kind} head"):
         load_head(tmp_path / "head", target, kind="eagle")
 

@@ -31,11 +31,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onlinespec.drafts import parse_draft_spec
     from onlinespec.export import export_eagle
 
-    kind, _, where = args.draft.partition(":")
-    if kind != "eagle" or not where:
-        raise UserError(f"--draft must be eagle:DIR (a head saved by `onlinespec warmup`), not '{args.draft}'")
+    wrong = UserError(f"--draft must be eagle:DIR (a head saved by `onlinespec warmup`), not '{args.draft}'")
+    try:
+        spec = parse_draft_spec(args.draft)
+    except UserError:
+        raise wrong from None
+    if spec.kind.name != "eagle" or spec.argument in (None, "", "fresh"):
+        raise wrong
+    where = spec.argument
     out = export_eagle(
         where, args.out, args.target, args.format, inexact=args.inexact, drop_draft_vocab=args.drop_draft_vocab
     )

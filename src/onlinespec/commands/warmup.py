@@ -20,12 +20,12 @@ NAME = "warmup"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from onlinespec.drafts.heads import HEAD_KINDS
+    from onlinespec.drafts import HEAD_KIND_NAMES
     from onlinespec.warmup.run import DATA_SOURCES
 
     p = subparsers.add_parser(NAME, help="distil a draft head from the target on offline text")
     add_model_flags(p, dtype=False)
-    p.add_argument("--draft", default="eagle", help=f"head kind: {', '.join(HEAD_KINDS)} (default: %(default)s)")
+    p.add_argument("--draft", default="eagle", help=f"head kind: {', '.join(HEAD_KIND_NAMES)} (default: %(default)s)")
     p.add_argument("--out", required=True, help="directory for the head, checkpoints and caches")
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget (default: %(default)s)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = time budget only)")
@@ -50,11 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onlinespec.drafts.heads import HEAD_KINDS
+    from onlinespec.drafts import HEAD_KIND_NAMES
     from onlinespec.warmup.run import DATA_SOURCES, WarmupConfig, run_warmup
 
-    if args.draft not in HEAD_KINDS:
-        raise UserError(f"warmup trains heads: --draft must be one of {', '.join(HEAD_KINDS)}, not '{args.draft}'")
+    if args.draft not in HEAD_KIND_NAMES:
+        raise UserError(f"warmup trains heads: --draft must be one of {', '.join(HEAD_KIND_NAMES)}, not '{args.draft}'")
     sources = [s.strip() for s in args.data.split(",") if s.strip()]
     if not sources or set(sources) - set(DATA_SOURCES):
         raise UserError(f"--data takes a comma list from {', '.join(DATA_SOURCES)}, got '{args.data}'")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from onlinespec.decoding.config import DEFAULT_K
 from onlinespec.decoding.draft import Draft, Proposal
 from onlinespec.drafts.causal_lm import CausalLMDraft, target_vocab_size
-from onlinespec.drafts.head_protocol import Head
-from onlinespec.drafts.heads import HEAD_KINDS, build_head, load_head, make_head_draft
+from onlinespec.drafts.head_protocol import Head, UnrolledHead
+from onlinespec.drafts.heads import build_head, load_head, make_head_draft
 from onlinespec.drafts.independent import check_same_tokenizer
 from onlinespec.drafts.layerskip import build_layerskip_model
 from onlinespec.drafts.registry import (
@@ -35,13 +35,13 @@ __all__ = [
     "DEFAULT_K",
     "DRAFT_KINDS",
     "FALLBACK_DRAFT",
-    "HEAD_KINDS",
     "HEAD_KIND_NAMES",
     "CausalLMDraft",
     "Draft",
     "DraftKind",
     "DraftSpec",
     "Head",
+    "UnrolledHead",
     "Proposal",
     "build_head",
     "build_layerskip_model",

@@ -19,12 +19,6 @@ from onlinespec.drafts.registry import HEAD_KIND_NAMES, DraftSpec, head_kind_ent
 from onlinespec.errors import UserError
 from onlinespec.models.resolve import LoadedModel
 
-# kind -> (head module class, draft class): a view of the registry's head entries (`head_kind_entry(kind)` gives
-# the entry itself, with `head_class` and `draft_class`).
-HEAD_KINDS: dict[str, tuple[type[Head], type[HeadDraft]]] = {
-    name: (head_kind_entry(name).head_class, head_kind_entry(name).draft_class) for name in HEAD_KIND_NAMES
-}
-
 
 def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = None, **layout) -> Head:
     """A fresh (untrained) head of `kind` for `target`; vocab_ids [Vd] for a reduced draft vocabulary."""

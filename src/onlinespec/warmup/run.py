@@ -33,7 +33,7 @@ class WarmupConfig:
 
     out: str | Path  # directory for the head, checkpoints and caches
     target: str = DEFAULT_MODEL
-    kind: str = "eagle"  # head kind, one of drafts.heads.HEAD_KINDS
+    kind: str = "eagle"  # head kind, one of drafts.HEAD_KIND_NAMES
     minutes: float = 20.0  # training time budget
     steps: int = 0  # stop after this many steps (0 = time budget only)
     sources: tuple[str, ...] = DATA_SOURCES
@@ -74,8 +74,8 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     """Warm up the head `cfg.kind` for `cfg.target`; it lands in cfg.out/KIND with warmup.json (the returned record,
     which notes `command`, the command line that ran it)."""
     from onlinespec.decoding.config import GenerationConfig
+    from onlinespec.drafts import UnrolledHead, build_head
     from onlinespec.drafts.head_store import load_into, read_head, save_head
-    from onlinespec.drafts.heads import build_head
     from onlinespec.models import load_model
     from onlinespec.pipeline import Pipeline
     from onlinespec.warmup.corpus import chunked_token_sequences, generate_answers, pydoc_texts, stdlib_texts
@@ -122,7 +122,7 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         always = sorted(pipe.eos_ids)
         vocab, coverage = choose_draft_vocab(train_batches, cfg.draft_vocab, always)
     head = build_head(cfg.kind, target, vocab, **({"layout": cfg.eagle_layout} if cfg.kind == "eagle" else {}))
-    if hasattr(head, "unroll"):
+    if isinstance(head, UnrolledHead):
         head.unroll = cfg.unroll
     before = agreement(head, held_batches)
 
@@ -166,10 +166,10 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
 
 def _decoding_check(loaded, head, prompts: list[str], cfg) -> dict:
     """Greedy speculative decoding of held-out prompts with the head: the accept-rate figure users care about."""
-    from onlinespec.drafts.heads import HEAD_KINDS
+    from onlinespec.drafts import head_kind_entry
     from onlinespec.pipeline import Pipeline
 
-    draft = HEAD_KINDS[head.kind][1](head, name=head.kind)
+    draft = head_kind_entry(head.kind).draft_class(head, name=head.kind)
     pipe = Pipeline(loaded, draft)
     drafted = accepted = tokens = forwards = 0
     for prompt in prompts:
