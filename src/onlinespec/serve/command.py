@@ -120,7 +120,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UserError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): pip install onlinespec") from None
     from onlinespec.drafts import target_vocab_size
-    from onlinespec.online.session import OnlineLearning
     from onlinespec.pipeline import Pipeline
 
     setup_logging(args.log_level)
@@ -128,7 +127,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", args.host)
     _quiet_transformers()
     pipe = Pipeline.load(target=args.target, draft=args.draft, dtype=args.dtype)
-    online = None
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")
@@ -141,10 +139,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             save_in_background=True,
             wait_for_update=False,
         )
-        online = OnlineLearning(pipe.engine, cfg)
+        restored = pipe.enable_learning(cfg).status().round
         if args.draft_state:
-            if online.round:
-                log.info("restored draft state (round %d) from %s", online.round, args.draft_state)
+            if restored:
+                log.info("restored draft state (round %d) from %s", restored, args.draft_state)
             else:
                 log.info("no draft state in %s yet: starting from the initial draft", args.draft_state)
     settings = ServeSettings(
@@ -157,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_max_tokens=args.default_max_tokens,
     )
     metrics = ServerMetrics(learner=args.learner)
-    worker = Worker(pipe, online, metrics, max_queue=args.max_queue, request_timeout_s=args.request_timeout)
+    worker = Worker(pipe, metrics, max_queue=args.max_queue, request_timeout_s=args.request_timeout)
     encoder = PromptEncoder(
         pipe.tokenizer, target_vocab_size(pipe.target), pipe.context_length, args.default_max_tokens
     )
