@@ -12,8 +12,9 @@ from conftest import save_tiny_model_dir
 
 from onlinespec.bench import run_bench
 from onlinespec.bench.prompts import load_prompt_file, load_prompts
-from onlinespec.bench.runner import BenchSettings, Tally, round_record
+from onlinespec.bench.runner import BenchSettings, round_record
 from onlinespec.cli import main
+from onlinespec.decoding.metrics import RequestStats
 from onlinespec.drafts import DEFAULT_K
 from onlinespec.errors import UserError
 from onlinespec.online.learners import LearnerConfig
@@ -116,7 +117,9 @@ def test_plots_are_written_and_non_empty(full_run) -> None:
 
 
 def test_a_round_that_straddles_a_domain_change_records_where_it_changes() -> None:
-    record = round_record("static", 2, 8, ["spider", "spider", "finance", "finance", "finance"], Tally(), 0.0, {})
+    record = round_record(
+        "static", 2, 8, ["spider", "spider", "finance", "finance", "finance"], RequestStats.zero(), 0.0, {}
+    )
     assert record["domain"] == "spider+finance"
     assert record["domain_counts"] == [["spider", 2], ["finance", 3]]  # the plot's line goes 2/5 into the round
 

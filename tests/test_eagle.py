@@ -148,7 +148,7 @@ def test_online_learning_updates_the_head_and_the_next_round_drafts_with_it() ->
         alphas.append(stats.accepted / stats.drafted)
     changed = [n for n, p in head.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert set(changed) == set(draft.trainable)  # the live head holds the published weights
-    assert online.history[0]["positions"] > 0 and "loss" in online.history[0]
+    assert online._history[0]["positions"] > 0 and "loss" in online._history[0]
     first, second = sum(alphas[:8]) / 8, sum(alphas[8:]) / 8
     assert second > 1.5 * first and second > first + 0.05  # measured: 0.087 -> 0.184
     frozen = [n for n, _ in head.named_parameters() if n not in before]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import damaged_draft, run_ar, run_spec, shifted_stream, tiny_llama
+from conftest import damaged_draft, run_ar, run_spec, save_tiny_model_dir, shifted_stream, tiny_llama
 
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.engine import SpeculativeEngine
@@ -56,7 +56,7 @@ def test_online_learners_beat_static_and_stay_exact(learner: str, static_run) ->
     _, static, static_outputs = static_run
     last = lambda hist: sum(r["alpha"] for r in hist[-4:]) / 4  # noqa: E731
     # Measured: static 0.33; ogd 0.55, optimistic 0.41, ensemble 0.48 over the last 4 of 12 rounds.
-    assert last(online.history) > last(static.history) + 0.05
+    assert last(online._history) > last(static._history) + 0.05
     for prompt, tokens in zip(shifted_stream(), outputs, strict=True):
         assert tokens == run_ar(target, prompt, GEN)[0]
     assert outputs == static_outputs  # greedy output never depends on the draft
@@ -65,8 +65,8 @@ def test_online_learners_beat_static_and_stay_exact(learner: str, static_run) ->
 def test_overlapped_schedule_learns_and_publishes_between_requests(static_run) -> None:
     target, online, outputs = run_stream("ogd", schedule="overlap")
     _, static, _ = static_run
-    assert len(online.history) == 12
-    assert sum(r["alpha"] for r in online.history[-4:]) > sum(r["alpha"] for r in static.history[-4:])
+    assert len(online._history) == 12
+    assert sum(r["alpha"] for r in online._history[-4:]) > sum(r["alpha"] for r in static._history[-4:])
     for prompt, tokens in zip(shifted_stream(), outputs, strict=True):
         assert tokens == run_ar(target, prompt, GEN)[0]
 
@@ -82,7 +82,7 @@ def test_buffer_keeps_the_verifiers_probabilities_and_the_target_is_not_called_t
     engine.add_listener(records.append)
     sampling = GenerationConfig(max_new_tokens=20, k=3, sampling=SamplingConfig(temperature=1.0), seed=2)
     _, stats = run_spec(engine, torch.arange(5), sampling)
-    buffered = online.buffer.requests[1]
+    buffered = online._buffer.requests[1]
     expected = [r.target_probs[i] for r in records for i in range(r.num_accepted + 1)]
     assert len(buffered.top_probs) == len(expected) == stats.accepted + len(records)
     for got, want in zip(buffered.top_probs, expected, strict=True):
@@ -90,7 +90,7 @@ def test_buffer_keeps_the_verifiers_probabilities_and_the_target_is_not_called_t
     calls = []
     handle = target.register_forward_hook(lambda *a: calls.append(1))
     online.after_request(stats)
-    record = online.end_round()
+    record = online.close(end_round=True)  # the round of this one request ends now
     handle.remove()
     assert record["positions"] == len(expected) and record["update_s"] > 0
     assert calls == []  # the update ran the draft only
@@ -117,9 +117,9 @@ def test_private_requests_leave_no_feedback() -> None:
     prompt = shifted_stream()[0]
     with online.private():
         run_spec(engine, prompt, GEN)
-    assert online.buffer.size == 0
+    assert online._buffer.size == 0
     run_spec(engine, prompt, GEN)
-    assert online.buffer.size > 0  # the same request, not private, is learned from
+    assert online._buffer.size > 0  # the same request, not private, is learned from
 
 
 def test_buffer_is_bounded() -> None:
@@ -155,8 +155,8 @@ RESUME_SCRIPT = textwrap.dedent(
         record = online.after_request(stats)
         if record:
             rounds.append({{k: record[k] for k in ("round", "alpha", "tau", "loss")}})
-    params = [p.tolist() for p in online.live]
-    print(json.dumps({{"rounds": rounds, "params": params, "learner_round": online.learner.round}}))
+    params = [p.tolist() for p in online._live]
+    print(json.dumps({{"rounds": rounds, "params": params, "learner_round": online._learner.round}}))
     """
 )
 
@@ -191,7 +191,7 @@ def test_overlap_close_publishes_and_saves_the_last_update(tmp_path: Path) -> No
 
     draft, learner_state, info = load_state(tmp_path)
     assert info["round"] == 12 and learner_state["round"] == 12  # close() finished round 12's update
-    for live, (name, saved) in zip(online.live, draft.items(), strict=True):
+    for live, (name, saved) in zip(online._live, draft.items(), strict=True):
         assert torch.equal(live, saved), name
 
 
@@ -203,8 +203,8 @@ def test_background_checkpoints_match_what_was_published(tmp_path: Path) -> None
     assert sorted(p.name for p in state.glob("state-*")) == ["state-000010", "state-000011", "state-000012"]
     draft, learner_state, info = load_state(state)  # close() waited for the last write, then saved round 12
     assert info["round"] == 12 and learner_state["round"] == 12
-    assert [r["round"] for r in online.history] == list(range(1, 13))  # not the learner's lagging count
-    for live, (name, saved) in zip(online.live, draft.items(), strict=True):
+    assert [r["round"] for r in online._history] == list(range(1, 13))  # not the learner's lagging count
+    for live, (name, saved) in zip(online._live, draft.items(), strict=True):
         assert torch.equal(live, saved), name
 
 
@@ -224,3 +224,48 @@ def test_overlap_without_waiting_postpones_busy_boundaries() -> None:
     assert len(rounds) < len(records)  # some boundaries were postponed...
     assert sum(r["requests"] for r in rounds) <= len(records) and any(r["requests"] > 1 for r in rounds)
     assert all(r["update_blocking_s"] < 0.1 for r in rounds)  # ...so no boundary waited for an update
+
+
+def test_status_after_a_round_says_whether_it_was_saved(tmp_path: Path) -> None:
+    target = tiny_llama(seed=0)
+    engine = SpeculativeEngine(target, damaged_draft(target))
+    cfg = OnlineConfig(learner="ogd", round_requests=1, schedule="sync", state_dir=str(tmp_path), save_every=2)
+    online = OnlineLearning(engine, cfg)
+    status = online.status()
+    assert (status.learner, status.learning, status.state_dir, status.round) == ("ogd", True, str(tmp_path), 0)
+    assert status.last_record is None and status.last_saved_round is None and not status.last_round_saved
+    saved = []
+    for prompt in shifted_stream(per_domain=2)[:4]:
+        _, stats = run_spec(engine, prompt, GEN)
+        record = online.after_request(stats)
+        status = online.status()
+        assert status.round == record["round"] and status.last_record["tau"] == record["tau"]
+        saved.append(status.last_round_saved)
+    assert saved == [False, True, False, True]  # a snapshot every save_every = 2 rounds
+    assert status.last_saved_round == 4 and status.update_s > 0
+    status.last_record["round"] = -1  # a copy: the session is not changed through it
+    assert online.status().last_record["round"] == 4
+    online.close()
+    assert online.status().last_saved_round == 4
+    static = OnlineLearning(engine, OnlineConfig(learner="static", round_requests=1, schedule="sync"))
+    assert not static.status().learning and static.status().state_dir is None
+
+
+def test_a_private_request_through_the_pipeline_is_not_learned_from(tmp_path: Path) -> None:
+    from onlinespec.pipeline import Pipeline
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "big", "red", "house"]
+    save_tiny_model_dir(tmp_path / "m", words)
+    pipe = Pipeline.load(str(tmp_path / "m"), draft="layerskip:2")
+    online = pipe.enable_learning(OnlineConfig(learner="ogd", round_requests=1, schedule="sync"))
+    ids, cfg = torch.tensor([3, 4, 5]), GenerationConfig(max_new_tokens=16, k=3)
+    private = pipe.start(ids, cfg, learn=False)
+    private.result()
+    assert private.finish() is None and online.status().round == 0  # its stats were not counted...
+    learned = pipe.start(ids, cfg)
+    stats = learned.result().stats
+    record = learned.finish()
+    assert record is not None and record is learned.finish()  # handed to the learner once
+    assert record["requests"] == 1 and online.status().round == 1
+    # ...and its feedback was not buffered: the round learned from the second request's verified positions only
+    assert record["positions"] == stats.accepted + sum(stats.accept_hist) > 0

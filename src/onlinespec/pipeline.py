@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,10 @@ from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+from onlinespec.prompting import encode_prompt
+
+if TYPE_CHECKING:
+    from onlinespec.online.session import OnlineConfig, OnlineLearning
 
 MODES = ("spec", "ar")
 
@@ -45,7 +50,7 @@ class GenerationResult:
 class Generation:
     """One request in flight: iterate it for the new token ids of each step; `result()` once it is done.
 
-    `on_done(stats)` runs once, when the last step has been produced (the online learner's round boundary).
+    `on_done(stats)` (the online learner's `after_request`) runs once, from `finish()`, which `result()` calls.
     """
 
     def __init__(
@@ -53,19 +58,27 @@ class Generation:
         steps: Iterator[list[int]],
         stop: StopCriteria,
         stats: RequestStats,
-        on_done: Callable[[RequestStats], object] | None = None,
+        on_done: Callable[[RequestStats], dict | None] | None = None,
     ) -> None:
         self._steps, self.stop, self.stats, self._on_done = steps, stop, stats, on_done
+        self._record: dict | None = None
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self._steps
+
+    def finish(self) -> dict | None:
+        """Hand the request's stats to the learner, once: its round record if this request ended a round, else
+        None (later calls return the same). A consumer that stops iterating early calls it itself: the verify
+        steps that ran are exact feedback, so an aborted request still counts."""
         if self._on_done is not None:
             on_done, self._on_done = self._on_done, None
-            on_done(self.stats)
+            self._record = on_done(self.stats)
+        return self._record
 
     def result(self) -> GenerationResult:
         for _ in self:  # finish whatever the caller did not consume
             pass
+        self.finish()
         return GenerationResult(
             self.stop.text(), list(self.stop.token_ids), self.stop.finish_reason or "length", self.stats
         )
@@ -77,7 +90,7 @@ class Pipeline:
         self.tokenizer = target.tokenizer
         self.draft = draft
         self.engine = SpeculativeEngine(target.model, draft) if draft is not None else None
-        self.online = None  # an OnlineLearning once enable_learning() was called
+        self.online: OnlineLearning | None = None  # the learner session, once enable_learning() attached it
         self.eos_ids = _eos_ids(target)
         self.context_length = getattr(target.model.config, "max_position_embeddings", None)
 
@@ -86,8 +99,10 @@ class Pipeline:
         loaded = load_model(target, dtype)
         return cls(loaded, make_draft(draft, loaded, dtype))
 
-    def enable_learning(self, cfg) -> object:
-        """Let the draft learn online from this pipeline's speculative requests (an `OnlineConfig`)."""
+    def enable_learning(self, cfg: OnlineConfig) -> OnlineLearning:
+        """Let the draft learn online from this pipeline's speculative requests: THE way to attach a learner
+        session (generate, bench and serve all use it). Each learned request's stats reach the session through
+        `Generation.finish()` (which `result()` calls); returns the session, for `status()` and `close()`."""
         from onlinespec.online.session import OnlineLearning
 
         if self.engine is None:
@@ -99,16 +114,14 @@ class Pipeline:
         """Prompt text -> LongTensor [T], wrapped in the chat template when the tokenizer has one and chat=True."""
         if not prompt or not prompt.strip():
             raise UserError("the prompt is empty: give some text to continue")
-        if chat and getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
-            )
-        else:
-            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return torch.tensor(ids, dtype=torch.long)
+        return encode_prompt(self.tokenizer, prompt, chat)
 
-    def start(self, prompt_ids: torch.Tensor, cfg: GenerationConfig, mode: str = "spec") -> Generation:
-        """Begin decoding prompt_ids (LongTensor [T]); `mode` is "spec" (needs a draft) or "ar"."""
+    def start(
+        self, prompt_ids: torch.Tensor, cfg: GenerationConfig, mode: str = "spec", learn: bool = True
+    ) -> Generation:
+        """Begin decoding prompt_ids (LongTensor [T]); `mode` is "spec" (needs a draft) or "ar". With a learner
+        attached, a speculative request is learned from unless `learn` is False (a private request: its feedback
+        is not buffered and its stats are not counted)."""
         if mode not in MODES:
             raise UserError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
         if prompt_ids.numel() == 0:
@@ -118,8 +131,11 @@ class Pipeline:
         stats = RequestStats()
         if mode == "spec" and self.engine is not None:
             steps = self.engine.stream(prompt_ids, cfg, stop, stats)
-            on_done = self.online.after_request if self.online is not None else None
-            return Generation(steps, stop, stats, on_done)
+            if self.online is None:
+                return Generation(steps, stop, stats)
+            if not learn:
+                return Generation(_private(self.online, steps), stop, stats)
+            return Generation(steps, stop, stats, self.online.after_request)
         return Generation(autoregressive_stream(self.target.model, prompt_ids, cfg, stop, stats), stop, stats)
 
     def generate(
@@ -137,6 +153,12 @@ class Pipeline:
                 "shorten the prompt"
             )
         return replace(cfg, max_new_tokens=room) if cfg.max_new_tokens > room else cfg
+
+
+def _private(online: OnlineLearning, steps: Iterator[list[int]]) -> Iterator[list[int]]:
+    """The steps, decoded inside the session's private() block (left when they end or are closed)."""
+    with online.private():
+        yield from steps
 
 
 def _eos_ids(target: LoadedModel) -> frozenset[int]:

@@ -11,13 +11,12 @@ import json
 import os
 import platform
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from onlinespec.atomic import write_text_atomic
-from onlinespec.bench.runner import REFERENCE, Tally
+from onlinespec.bench.runner import REFERENCE, round_counts, round_stats, tokens_per_s_incl_update
+from onlinespec.decoding.metrics import RequestStats
 
-SUMS = (*(f.name for f in fields(Tally)), "update_s")  # summed over a method's rounds
 MAX_DIVERGENCES = 5  # first divergent prompts listed per method
 
 
@@ -66,20 +65,21 @@ def summarise(config: dict, rounds: list[dict], outputs: dict[str, list[list[int
     methods: dict[str, dict] = {}
     for method in outputs:
         own = [r for r in rounds if r["method"] == method]
-        t = {key: sum(r[key] for r in own) for key in SUMS}
+        total = RequestStats.total(round_stats(r) for r in own)
+        t = round_counts(total)
+        update_s = sum(r["update_s"] for r in own)
         third = own[-max(1, len(own) // 3) :]
-        last_tokens, last_forwards = sum(r["new_tokens"] for r in third), sum(r["target_forwards"] for r in third)
         divergences = []
         for index, (ours, ref) in enumerate(zip(outputs[method], outputs[REFERENCE], strict=True)):
             at = first_divergence(ours, ref)
             if at is not None:
                 divergences.append({"prompt": index, "token": at})
         methods[method] = {
-            "tau": _ratio(t["new_tokens"], t["target_forwards"]),
-            "alpha": _ratio(t["accepted"], t["drafted"]),
-            "tokens_per_s": _ratio(t["new_tokens"], t["decode_s"]),
-            "tokens_per_s_incl_update": _ratio(t["new_tokens"], t["decode_s"] + t["update_s"]),
-            "update_s": t["update_s"],
+            "tau": total.tau,
+            "alpha": total.alpha,
+            "tokens_per_s": total.tokens_per_s,
+            "tokens_per_s_incl_update": tokens_per_s_incl_update(total, update_s),
+            "update_s": update_s,
             "new_tokens": t["new_tokens"],
             "rounds": len(own),
             "prompts": t["prompts"],
@@ -90,7 +90,7 @@ def summarise(config: dict, rounds: list[dict], outputs: dict[str, list[list[int
             "draft_s": t["draft_s"],
             "target_s": t["target_s"],
             "tau_per_round": [r["tau"] for r in own],
-            "tau_last_third": _ratio(last_tokens, last_forwards),
+            "tau_last_third": RequestStats.total(round_stats(r) for r in third).tau,
             "greedy_mismatches": len(divergences),
             "first_divergences": divergences[:MAX_DIVERGENCES],
         }

@@ -30,6 +30,7 @@ from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
 from onlinespec.online.learners import LEARNERS
 from onlinespec.online.session import OnlineConfig
 from onlinespec.pipeline import Pipeline
+from onlinespec.prompting import encode_prompt
 
 WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up costs don't land on the first method
 REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
@@ -98,60 +99,65 @@ def stream_digest(prompts: tuple[Prompt, ...]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def encode_prompt(tokenizer, prompt: Prompt, chat: bool = True) -> torch.Tensor:
+def prompt_ids(tokenizer, prompt: Prompt, chat: bool = True) -> torch.Tensor:
     """Prompt -> LongTensor [T]: its messages through the chat template when the tokenizer has one (and chat),
-    else the message texts joined by blank lines."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(prompt.chat(), add_generation_prompt=True, return_dict=False)
-    else:
-        ids = tokenizer("\n\n".join(content for _, content in prompt.messages), add_special_tokens=True)["input_ids"]
-    if not ids:
+    else the message texts joined by blank lines (`onlinespec.prompting.encode_prompt`)."""
+    ids = encode_prompt(tokenizer, prompt.chat(), chat)
+    if ids.numel() == 0:
         raise UserError(f"a prompt of domain '{prompt.domain}' encodes to no tokens")
-    return torch.tensor(ids, dtype=torch.long)
+    return ids
 
 
-@dataclass
-class Tally:
-    """Sums of per-request statistics over one round of one method."""
+def round_counts(total: RequestStats) -> dict:
+    """A round's (or run's) summed counts under rounds.jsonl's names, in its order; `round_stats` inverts it."""
+    return {
+        "prompts": total.requests,
+        "new_tokens": total.new_tokens,
+        "target_forwards": total.target_forwards,
+        "drafted": total.drafted,
+        "accepted": total.accepted,
+        "decode_s": total.wall_s,  # whole requests, prefill included
+        "draft_s": total.draft_s,
+        "target_s": total.target_s,
+    }
 
-    prompts: int = 0
-    new_tokens: int = 0
-    target_forwards: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    decode_s: float = 0.0  # whole requests, prefill included
-    draft_s: float = 0.0
-    target_s: float = 0.0
 
-    def add(self, stats: RequestStats) -> None:
-        self.prompts += 1
-        self.new_tokens += stats.new_tokens
-        self.target_forwards += stats.target_forwards
-        self.drafted += stats.drafted
-        self.accepted += stats.accepted
-        self.decode_s += stats.wall_s
-        self.draft_s += stats.draft_s
-        self.target_s += stats.target_s
+def round_stats(record: dict) -> RequestStats:
+    """The summed stats of one rounds.jsonl record (the counts `round_counts` wrote)."""
+    return RequestStats(
+        new_tokens=record["new_tokens"],
+        target_forwards=record["target_forwards"],
+        drafted=record["drafted"],
+        accepted=record["accepted"],
+        wall_s=record["decode_s"],
+        draft_s=record["draft_s"],
+        target_s=record["target_s"],
+        requests=record["prompts"],
+    )
+
+
+def tokens_per_s_incl_update(total: RequestStats, update_s: float) -> float:
+    """New tokens per second of decoding plus the time decoding waited for the learner."""
+    return total.new_tokens / (total.wall_s + update_s) if total.wall_s + update_s else 0.0
 
 
 def round_record(
-    method: str, round_no: int, first: int, domains: list[str], tally: Tally, update_s: float, learner: dict
+    method: str, round_no: int, first: int, domains: list[str], total: RequestStats, update_s: float, learner: dict
 ) -> dict:
-    """One line of rounds.jsonl: a method's counts and speeds over one round (`update_s`: the time decoding waited
-    for the learner at the round's end), plus the learner's telemetry."""
-    decode_s = tally.decode_s
+    """One line of rounds.jsonl: a method's counts and speeds over one round (`total`: its requests summed;
+    `update_s`: the time decoding waited for the learner at the round's end), plus the learner's telemetry."""
     return {
         "method": method,
         "round": round_no,
         "first_prompt": first,
         "domain": "+".join(dict.fromkeys(domains)),
         "domain_counts": [[name, len(list(group))] for name, group in groupby(domains)],  # in stream order
-        **asdict(tally),
+        **round_counts(total),
         "update_s": update_s,
-        "tau": tally.new_tokens / tally.target_forwards if tally.target_forwards else 0.0,
-        "alpha": tally.accepted / tally.drafted if tally.drafted else 0.0,
-        "tokens_per_s": tally.new_tokens / decode_s if decode_s else 0.0,
-        "tokens_per_s_incl_update": tally.new_tokens / (decode_s + update_s) if decode_s + update_s else 0.0,
+        "tau": total.tau,
+        "alpha": total.alpha,
+        "tokens_per_s": total.tokens_per_s,
+        "tokens_per_s_incl_update": tokens_per_s_incl_update(total, update_s),
         **learner,
     }
 
@@ -203,7 +209,7 @@ class BenchRunner:
         self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
         torch.manual_seed(s.seed)
         target = load_model(s.target, s.dtype)
-        first = encode_prompt(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
+        first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
         pipes = {m: self._pipeline(m, target, first) for m in s.methods}
         self._decode(pipes, target)
         return self.progress
@@ -230,10 +236,10 @@ class BenchRunner:
             state_dir=str(state_dir) if state_dir else None,
             telemetry=None,
         )
-        online = pipe.enable_learning(cfg)
-        if learns and online.round != saved_round:
+        restored = pipe.enable_learning(cfg).status().round
+        if learns and restored != saved_round:
             raise UserError(
-                f"the checkpoint of '{method}' holds round {online.round}, not {saved_round}: "
+                f"the checkpoint of '{method}' holds round {restored}, not {saved_round}: "
                 f"delete '{self.checkpoint.dir}' to start over"
             )
         return pipe
@@ -245,8 +251,8 @@ class BenchRunner:
         cfg = GenerationConfig(max_new_tokens=s.max_new_tokens, k=s.k)
         for method in s.methods:
             progress["outputs"].setdefault(method, [])
-        tallies = {m: Tally() for m in s.methods}
-        seen = {m: len(p.online.history) if p.online else 0 for m, p in pipes.items()}
+        requests: dict[str, list[RequestStats]] = {m: [] for m in s.methods}  # this round's, per method
+        learned: dict[str, dict] = {}  # the learner's round record, per method whose session ended a round
         domains: list[str] = []
         started, elapsed_before = time.perf_counter(), progress["elapsed_s"]
         bar = tqdm(
@@ -260,10 +266,13 @@ class BenchRunner:
         )
         try:
             for index in range(progress["done"], len(prompts)):
-                ids = encode_prompt(target.tokenizer, prompts[index], s.chat)
+                ids = prompt_ids(target.tokenizer, prompts[index], s.chat)
                 for method, pipe in pipes.items():
-                    result = pipe.start(ids, cfg, mode="ar" if method == REFERENCE else "spec").result()
-                    tallies[method].add(result.stats)
+                    generation = pipe.start(ids, cfg, mode="ar" if method == REFERENCE else "spec")
+                    result = generation.result()
+                    if (record := generation.finish()) is not None:
+                        learned[method] = record
+                    requests[method].append(result.stats)
                     progress["outputs"][method].append(result.token_ids)
                 domains.append(prompts[index].domain)
                 bar.update(1)
@@ -272,20 +281,19 @@ class BenchRunner:
                 round_no = index // s.round_size + 1
                 records = []
                 for method, pipe in pipes.items():
-                    update_s, learner = 0.0, {}
-                    if pipe.online is not None and len(pipe.online.history) > seen[method]:
-                        update_s, learner = _learner_telemetry(pipe.online.history[-1])
-                        seen[method] = len(pipe.online.history)
-                    tally = tallies[method]
-                    first = index + 1 - tally.prompts
-                    records.append(round_record(method, round_no, first, domains, tally, update_s, learner))
-                    if pipe.online is not None and pipe.online.learning:
-                        progress["state_rounds"][method] = pipe.online.round
+                    update_s, learner = _learner_telemetry(learned[method]) if method in learned else (0.0, {})
+                    total = RequestStats.total(requests[method])
+                    first = index + 1 - total.requests
+                    records.append(round_record(method, round_no, first, domains, total, update_s, learner))
+                    status = pipe.online.status() if pipe.online is not None else None
+                    if status is not None and status.learning:
+                        progress["state_rounds"][method] = status.round
                 progress["rounds"].extend(records)
                 progress["done"] = index + 1
                 progress["elapsed_s"] = elapsed_before + time.perf_counter() - started  # loop only, not loading
                 self.checkpoint.save(progress)
-                tallies = {m: Tally() for m in s.methods}
+                requests = {m: [] for m in s.methods}
+                learned = {}
                 domains = []
                 taus = " ".join(f"{r['method']} tau {r['tau']:.2f}" for r in records if r["method"] != REFERENCE)
                 bar.set_postfix_str(f"round {round_no}: {taus}", refresh=False)

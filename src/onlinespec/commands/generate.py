@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(stream.finish(result.text) + "\n")
     learned = None
     if pipe.online is not None:  # one generate call is one round: learn from it, publish, save
-        learned = pipe.online.end_round() if pipe.online.counters.requests else None
-        pipe.online.close()
+        learned = pipe.online.close(end_round=True)
     if args.json:
         payload = result.to_dict()
         payload["config"] = {

@@ -103,14 +103,13 @@ def run(args: argparse.Namespace) -> int:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", args.host)
     quiet_transformers()
     pipe = Pipeline.load(target=args.target, draft=args.draft, dtype=args.dtype)
-    online = None
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")
-        online = _start_learning(pipe, args)
+        restored = pipe.enable_learning(online_config_from_args(args)).status().round
         if args.draft_state:
-            if online.round:
-                log.info("restored draft state (round %d) from %s", online.round, args.draft_state)
+            if restored:
+                log.info("restored draft state (round %d) from %s", restored, args.draft_state)
             else:
                 log.info("no draft state in %s yet: starting from the initial draft", args.draft_state)
     settings = ServeSettings(
@@ -129,13 +128,5 @@ def run(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         log_level=args.log_level,
     )
-    serve_pipeline(pipe, online, settings, options, learner=args.learner)
+    serve_pipeline(pipe, settings, options, learner=args.learner)
     return 0
-
-
-def _start_learning(pipe, args: argparse.Namespace):
-    """The learning session of the server's pipeline, from the learning flags."""
-    from onlinespec.online.session import OnlineLearning
-
-    # The one line that attaches learning; once `Pipeline.enable_learning(cfg)` is the only way, it becomes that call.
-    return OnlineLearning(pipe.engine, online_config_from_args(args))

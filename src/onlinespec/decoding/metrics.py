@@ -1,12 +1,16 @@
-"""Per-request speculative-decoding statistics, with Spec-Bench's definitions (SPEC.md §1)."""
+"""Speculative-decoding statistics, with Spec-Bench's definitions (SPEC.md §1): one summable type for a request, a
+round of requests and a whole run, so tau, alpha and tokens/s are defined here once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
 @dataclass
 class RequestStats:
+    """Counts and times of one request, or (summed with `+` / `RequestStats.total`) of several."""
+
     prompt_tokens: int = 0
     new_tokens: int = 0
     target_forwards: int = 0  # prefill included: it emits the first new token
@@ -16,6 +20,41 @@ class RequestStats:
     wall_s: float = 0.0  # the whole generate call, prefill included, tokenisation excluded
     draft_s: float = 0.0
     target_s: float = 0.0
+    requests: int = 1  # requests summed into these stats (not in to_dict: a request's output has no use for it)
+
+    def __add__(self, other: RequestStats) -> RequestStats:
+        """Field-wise sum; accept_hist is summed elementwise (the shorter one padded with zeros)."""
+        if not isinstance(other, RequestStats):
+            return NotImplemented
+        hist = [0] * max(len(self.accept_hist), len(other.accept_hist))
+        for source in (self.accept_hist, other.accept_hist):
+            for n, count in enumerate(source):
+                hist[n] += count
+        return RequestStats(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            new_tokens=self.new_tokens + other.new_tokens,
+            target_forwards=self.target_forwards + other.target_forwards,
+            drafted=self.drafted + other.drafted,
+            accepted=self.accepted + other.accepted,
+            accept_hist=hist,
+            wall_s=self.wall_s + other.wall_s,
+            draft_s=self.draft_s + other.draft_s,
+            target_s=self.target_s + other.target_s,
+            requests=self.requests + other.requests,
+        )
+
+    @classmethod
+    def zero(cls) -> RequestStats:
+        """The sum of no requests."""
+        return cls(requests=0)
+
+    @classmethod
+    def total(cls, stats: Iterable[RequestStats]) -> RequestStats:
+        """The sum of `stats`, in order (floats add left to right, as `sum` would); zero() when empty."""
+        out = cls.zero()
+        for item in stats:
+            out = out + item
+        return out
 
     @property
     def tau(self) -> float:

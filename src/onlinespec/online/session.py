@@ -1,6 +1,11 @@
 """The prequential round loop (SPEC.md §2): decode a round with the published draft w_t, then update, then
 publish w_{t+1} at the round boundary. Nothing changes mid-request: publication happens only in `after_request`.
 
+The session's public surface is small: `after_request(stats)` after every learned request (the round record at a
+boundary), `private()` around requests that must not be learned from, `status()` (a read-only telemetry view:
+round, learner, state dir, last record, last saved round, ...) and `close()`. Attach it with
+`Pipeline.enable_learning(cfg)`; everything else here is private.
+
 Schedules:
 - "sync": the update runs between rounds, on the caller's thread; its time is part of end-to-end figures.
 - "overlap" (default): the update of round t runs in a background thread while round t+1 decodes with w_t; it
@@ -17,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,6 +34,7 @@ from onlinespec.online.feedback_buffer import FeedbackBuffer
 from onlinespec.online.learners import LearnerConfig, make_learner
 from onlinespec.online.losses import LOSSES
 from onlinespec.online.state_store import load_state, save_state
+from onlinespec.online.trainable_draft import TrainableDraft
 
 SCHEDULES = ("sync", "overlap")
 
@@ -62,22 +69,22 @@ class OnlineConfig:
             raise UserError(f"save_every must be >= 1, got {self.save_every}")
 
 
-@dataclass
-class RoundCounters:
-    requests: int = 0
-    new_tokens: int = 0
-    target_forwards: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    wall_s: float = 0.0
+@dataclass(frozen=True)
+class SessionStatus:
+    """A read-only view of a session, for telemetry: nothing in it reaches back into the session."""
 
-    def add(self, stats: RequestStats) -> None:
-        self.requests += 1
-        self.new_tokens += stats.new_tokens
-        self.target_forwards += stats.target_forwards
-        self.drafted += stats.drafted
-        self.accepted += stats.accepted
-        self.wall_s += stats.wall_s
+    learner: str  # the learner's name ("static" never updates the draft)
+    learning: bool  # False for the static baseline: no feedback is buffered, no update runs
+    round: int  # rounds finished (restored ones included): the published draft is w_round
+    state_dir: str | None  # where snapshots are written (None: nothing is saved)
+    last_record: dict[str, Any] | None  # a copy of the last round record, None before the first boundary
+    last_saved_round: int | None  # the round of the last snapshot taken (restored: the one loaded), else None
+    update_s: float  # all update time so far (sync: on the decoding path; overlap: in the background)
+
+    @property
+    def last_round_saved(self) -> bool:
+        """Whether the last round's boundary took a snapshot (a checkpoint every `save_every` rounds)."""
+        return self.last_record is not None and self.last_saved_round == self.last_record["round"]
 
 
 class OnlineLearning:
@@ -86,24 +93,25 @@ class OnlineLearning:
 
     def __init__(self, engine: SpeculativeEngine, cfg: OnlineConfig) -> None:
         draft = engine.draft
-        if not hasattr(draft, "example_terms"):
+        if not isinstance(draft, TrainableDraft):
             raise UserError(f"online learning does not support draft '{getattr(draft, 'name', draft)}'")
-        self.cfg = cfg
-        self.draft = draft
+        self._cfg = cfg
+        self._draft = draft
         # The static baseline decodes without learning: no buffer, no update, zero update time.
-        self.learning = cfg.learner != "static"
-        self.buffer = FeedbackBuffer(cfg.top_k, cfg.positions, cfg.max_positions)
+        self._learning = cfg.learner != "static"
+        self._buffer = FeedbackBuffer(cfg.top_k, cfg.positions, cfg.max_positions)
         self._private = False  # True while a request that must not be learned from decodes
-        if self.learning:
+        if self._learning:
             engine.add_listener(self._on_feedback)
         named_live = dict(draft.model.named_parameters())
-        self.live = [named_live[n] for n in draft.trainable]
-        self.objective = DraftObjective(draft, training_copy(draft.model, draft.trainable), cfg.loss)
-        self.learner = make_learner(cfg.learner, self.objective.parameters(), cfg.learner_cfg)
-        self.round = 0
-        self.counters = RoundCounters()
-        self.update_s = 0.0  # all update time so far (sync: on the decoding path; overlap: in the background)
-        self.history: list[dict] = []
+        self._live = [named_live[n] for n in draft.trainable]
+        self._objective = DraftObjective(draft, training_copy(draft.model, draft.trainable), cfg.loss)
+        self._learner = make_learner(cfg.learner, self._objective.parameters(), cfg.learner_cfg)
+        self._round = 0
+        self._counters = RequestStats.zero()  # the open round's requests, summed
+        self._update_s = 0.0  # all update time so far (sync: on the decoding path; overlap: in the background)
+        self._history: list[dict] = []
+        self._last_saved_round: int | None = None
         self._pending: threading.Thread | None = None
         self._pending_result: dict = {}
         self._saver: threading.Thread | None = None  # a snapshot being written (save_in_background)
@@ -113,7 +121,7 @@ class OnlineLearning:
 
     def _on_feedback(self, record) -> None:
         if not self._private:
-            self.buffer.add(record)
+            self._buffer.add(record)
 
     @contextmanager
     def private(self) -> Iterator[None]:
@@ -125,28 +133,42 @@ class OnlineLearning:
         finally:
             self._private = False
 
+    def status(self) -> SessionStatus:
+        """What the session has done so far (a copy: later rounds do not change it)."""
+        last = dict(self._history[-1]) if self._history else None
+        return SessionStatus(
+            learner=self._cfg.learner,
+            learning=self._learning,
+            round=self._round,
+            state_dir=self._cfg.state_dir,
+            last_record=last,
+            last_saved_round=self._last_saved_round,
+            update_s=self._update_s,
+        )
+
     # --- round boundary -------------------------------------------------------------------------------------
     def after_request(self, stats: RequestStats) -> dict | None:
-        """Call after every request; at a round boundary this updates/publishes and returns the round telemetry."""
-        self.counters.add(stats)
-        c = self.counters
-        if self.cfg.round_tokens > 0:
-            if c.new_tokens < self.cfg.round_tokens:
+        """Call after every learned request; at a round boundary this updates/publishes and returns the round
+        record (`status().last_round_saved` then says whether the boundary took a snapshot)."""
+        self._counters = self._counters + stats
+        c = self._counters
+        if self._cfg.round_tokens > 0:
+            if c.new_tokens < self._cfg.round_tokens:
                 return None
-        elif c.requests < self.cfg.round_requests:
+        elif c.requests < self._cfg.round_requests:
             return None
-        if not self.cfg.wait_for_update and self._pending is not None and self._pending.is_alive():
+        if not self._cfg.wait_for_update and self._pending is not None and self._pending.is_alive():
             return None  # the previous round's update is still running: extend this round instead of waiting
-        return self.end_round()
+        return self._end_round()
 
-    def end_round(self) -> dict:
-        counters, self.counters = self.counters, RoundCounters()
-        examples = self.buffer.drain()
-        self.round += 1
+    def _end_round(self) -> dict:
+        counters, self._counters = self._counters, RequestStats.zero()
+        examples = self._buffer.drain()
+        self._round += 1
         tic = time.perf_counter()
-        if not self.learning:
+        if not self._learning:
             result = {}
-        elif self.cfg.schedule == "sync":
+        elif self._cfg.schedule == "sync":
             result = self._update(examples)
             self._publish()
         else:  # the update finishing now is the one launched at the previous boundary
@@ -154,51 +176,55 @@ class OnlineLearning:
             self._publish()
         blocking_s = time.perf_counter() - tic
         record = {
-            "round": self.round,
-            "learner": self.cfg.learner,
+            "round": self._round,
+            "learner": self._cfg.learner,
             "requests": counters.requests,
             "tokens": counters.new_tokens,
-            "tau": counters.new_tokens / counters.target_forwards if counters.target_forwards else 0.0,
-            "alpha": counters.accepted / counters.drafted if counters.drafted else 0.0,
+            "tau": counters.tau,
+            "alpha": counters.alpha,
             "decode_s": counters.wall_s,
             "update_blocking_s": blocking_s,  # time decoding waited at this boundary
             "positions": sum(len(e.pred_index) for e in examples),
             # the learner's own round count must not overwrite ours: in "overlap" it lags by one
             **{("updated_round" if key == "round" else key): value for key, value in result.items()},
         }
-        self.history.append(record)
-        if self.cfg.telemetry:
-            with open(self.cfg.telemetry, "a") as fh:
+        self._history.append(record)
+        if self._cfg.telemetry:
+            with open(self._cfg.telemetry, "a") as fh:
                 fh.write(json.dumps(_jsonable(record)) + "\n")
         # Save while no update is in flight, so the snapshot is consistent (in "overlap" it lacks this round's
         # feedback, which is being learned in the background: a crash loses at most that round).
-        if self.cfg.state_dir and self.round % self.cfg.save_every == 0:
-            if self.cfg.save_in_background:
-                self._save_in_background(self.cfg.state_dir)
+        if self._cfg.state_dir and self._round % self._cfg.save_every == 0:
+            if self._cfg.save_in_background:
+                self._save_in_background(self._cfg.state_dir)
             else:
-                self.save(self.cfg.state_dir)
-        if self.learning and self.cfg.schedule == "overlap":
+                self._save(self._cfg.state_dir)
+        if self._learning and self._cfg.schedule == "overlap":
             self._pending = threading.Thread(target=self._background_update, args=(examples,), daemon=True)
             self._pending.start()
         return record
 
-    def close(self) -> None:
-        """Finish a pending background update, publish it, and save the state."""
+    def close(self, end_round: bool = False) -> dict | None:
+        """Finish a pending background update, publish it, and save the state. With `end_round`, the open round
+        (if it holds any request) first ends as at a boundary, and its record is returned (a one-request run such
+        as `generate` learns from its request this way); otherwise the open round's feedback is dropped."""
+        record = self._end_round() if end_round and self._counters.requests else None
         if self._pending is not None:
             self._finish_pending()
             self._publish()
         self._finish_saving()
-        if self.cfg.state_dir:
-            self.save(self.cfg.state_dir)
+        if self._cfg.state_dir:
+            self._save(self._cfg.state_dir)
+        return record
 
     # --- updates ---------------------------------------------------------------------------------------------
     def _update(self, examples) -> dict:
         if not examples:
             return {"update_s": 0.0, "skipped": "no feedback this round"}
         tic = time.perf_counter()
-        telemetry = self.learner.update(self.objective.grad_fn(examples))
+        telemetry = self._learner.update(self._objective.grad_fn(examples))
         elapsed = time.perf_counter() - tic
-        self.update_s += elapsed
+        self._update_s += elapsed
         return {**telemetry, "update_s": elapsed}
 
     def _background_update(self, examples) -> None:
@@ -220,25 +246,29 @@ class OnlineLearning:
     @torch.no_grad()
     def _publish(self) -> None:
         """w_{t+1} -> the live draft (between requests only)."""
-        for live, trained in zip(self.live, self.objective.parameters(), strict=True):
+        for live, trained in zip(self._live, self._objective.parameters(), strict=True):
             live.copy_(trained)
 
     # --- persistence -----------------------------------------------------------------------------------------
-    def save(self, directory: str) -> Path:
-        named = dict(zip(self.draft.trainable, self.objective.parameters(), strict=True))
-        return save_state(directory, named, self.learner.state_dict(), self._info())
+    def _save(self, directory: str) -> Path:
+        named = dict(zip(self._draft.trainable, self._objective.parameters(), strict=True))
+        path = save_state(directory, named, self._learner.state_dict(), self._info())
+        self._last_saved_round = self._round
+        return path
 
     def _info(self) -> dict:
-        return {"round": self.round, "draft": self.draft.name, "config": _jsonable(asdict(self.cfg))}
+        return {"round": self._round, "draft": self._draft.name, "config": _jsonable(asdict(self._cfg))}
 
     def _save_in_background(self, directory: str) -> None:
         """Copy the state now (no update is in flight, so it is consistent) and write it in a thread; one write
         at a time. A write still running from the previous checkpoint is waited for first."""
         self._finish_saving()
-        named = {n: p.detach().clone() for n, p in zip(self.draft.trainable, self.objective.parameters(), strict=True)}
-        args = (directory, named, self.learner.state_dict(), self._info())
+        trainable = self._draft.trainable
+        named = {n: p.detach().clone() for n, p in zip(trainable, self._objective.parameters(), strict=True)}
+        args = (directory, named, self._learner.state_dict(), self._info())
         self._saver = threading.Thread(target=self._write_snapshot, args=args, daemon=True)
         self._saver.start()
+        self._last_saved_round = self._round
 
     def _write_snapshot(self, *args) -> None:
         try:
@@ -260,13 +290,14 @@ class OnlineLearning:
         if loaded is None:
             return
         tensors, learner_state, info = loaded
-        if info.get("draft") != self.draft.name or set(tensors) != set(self.draft.trainable):
+        if info.get("draft") != self._draft.name or set(tensors) != set(self._draft.trainable):
             raise UserError(
-                f"draft state in '{directory}' was saved for draft '{info.get('draft')}', not '{self.draft.name}': "
+                f"draft state in '{directory}' was saved for draft '{info.get('draft')}', not '{self._draft.name}': "
                 "use another --draft-state directory"
             )
-        self.learner.load_state_dict(learner_state)
-        self.round = int(info["round"])
+        self._learner.load_state_dict(learner_state)
+        self._round = int(info["round"])
+        self._last_saved_round = self._round
         self._publish()
 
 

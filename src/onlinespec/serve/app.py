@@ -78,13 +78,13 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
 
     @app.get("/health")
     async def health() -> dict:
-        online = worker.online
+        learning = worker.learning_status()
         return {
             "status": "ok" if worker.accepting else "shutting_down",
             "model": settings.model_name,
             "draft": getattr(worker.pipe.draft, "name", None),
-            "learner": online.cfg.learner if online else None,
-            "round": online.round if online else 0,
+            "learner": learning.learner if learning else None,
+            "round": learning.round if learning else 0,
             "queue_depth": worker.jobs.qsize(),
             "in_flight": worker.in_flight,
         }
@@ -96,7 +96,8 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
 
     @app.get("/metrics", dependencies=auth)
     async def prometheus() -> PlainTextResponse:
-        draft_round = worker.online.round if worker.online else 0
+        learning = worker.learning_status()
+        draft_round = learning.round if learning else 0
         text = metrics.render(worker.jobs.qsize(), worker.in_flight, draft_round)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -5,7 +5,7 @@
     from onlinespec.serve.launch import ServerOptions, serve_pipeline
 
     pipe = Pipeline.load(target="smollm2-135m", draft="auto")
-    serve_pipeline(pipe, None, ServeSettings(model_name="smollm2-135m"), ServerOptions(port=8000))
+    serve_pipeline(pipe, ServeSettings(model_name="smollm2-135m"), ServerOptions(port=8000), learner="static")
 
 Needs FastAPI and uvicorn (imported by this module).
 """
@@ -13,7 +13,6 @@ Needs FastAPI and uvicorn (imported by this module).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from onlinespec.drafts import target_vocab_size
 from onlinespec.pipeline import Pipeline
@@ -22,9 +21,6 @@ from onlinespec.serve.metrics import ServerMetrics
 from onlinespec.serve.server import run_server
 from onlinespec.serve.tokens import PromptEncoder
 from onlinespec.serve.worker import Worker
-
-if TYPE_CHECKING:
-    from onlinespec.online.session import OnlineLearning
 
 
 @dataclass
@@ -38,13 +34,11 @@ class ServerOptions:
     log_level: str = "info"
 
 
-def serve_pipeline(
-    pipe: Pipeline, online: OnlineLearning | None, settings: ServeSettings, options: ServerOptions, learner: str
-) -> None:
-    """Serve `pipe` until a shutdown signal. online: the pipeline's learning session, or None; learner: its name
-    for /metrics ("static" without one). Returns after the final checkpoint."""
+def serve_pipeline(pipe: Pipeline, settings: ServeSettings, options: ServerOptions, learner: str) -> None:
+    """Serve `pipe` (learning if `pipe.enable_learning` was called) until a shutdown signal. learner: the
+    learner's name for /metrics ("static" without one). Returns after the final checkpoint."""
     metrics = ServerMetrics(learner=learner)
-    worker = Worker(pipe, online, metrics, max_queue=options.max_queue, request_timeout_s=settings.request_timeout_s)
+    worker = Worker(pipe, metrics, max_queue=options.max_queue, request_timeout_s=settings.request_timeout_s)
     encoder = PromptEncoder(
         pipe.tokenizer, target_vocab_size(pipe.target), pipe.context_length, settings.default_max_tokens
     )

@@ -95,7 +95,8 @@ class ServerMetrics:
             self.last_tokens_per_s = stats["tokens_per_s"]
 
     def observe_round(self, record: dict, saved: bool) -> None:
-        """One OnlineLearning round record (see online/session.py)."""
+        """One round record of the learner session (`OnlineLearning.after_request`); `saved`: whether its boundary
+        took a snapshot (`SessionStatus.last_round_saved`)."""
         with self._lock:
             self.rounds += 1
             self.checkpoints += int(saved)

@@ -10,6 +10,7 @@ import copy
 
 import torch
 
+from onlinespec.prompting import encode_prompt, has_chat_template
 from onlinespec.serve.errors import bad_request
 from onlinespec.serve.schemas import CompletionRequest
 
@@ -23,35 +24,36 @@ class PromptEncoder:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return has_chat_template(self.tokenizer)
 
     def encode(self, req: CompletionRequest) -> torch.Tensor:
-        """The prompt as LongTensor [T]: raw text (completions, as `Pipeline.encode(chat=False)`), token ids, or
-        chat messages through the model's chat template (as `Pipeline.encode(chat=True)`)."""
+        """The prompt as LongTensor [T]: raw text (completions, `encode_prompt(chat=False)`), token ids, or chat
+        messages through the model's chat template (`encode_prompt(chat=True)`)."""
         if req.kind == "chat":
             param = "messages"
             if not self.has_chat_template:
                 raise bad_request("this model has no chat template: use /v1/completions with a raw prompt", param)
             try:
-                ids = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, return_dict=False)
+                ids = encode_prompt(self.tokenizer, req.messages, chat=True)
             except Exception as exc:  # the template's own checks (e.g. roles must alternate) are user errors
                 raise bad_request(f"the chat template refused these messages: {exc}", param) from None
         elif isinstance(req.prompt, list):
-            param, ids = "prompt", req.prompt
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            param = "prompt"
+            bad = [t for t in req.prompt if not 0 <= t < self.vocab_size]
             if bad:
                 raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})", param)
+            ids = torch.tensor(req.prompt, dtype=torch.long)
         else:
-            param, ids = "prompt", self.tokenizer(req.prompt, add_special_tokens=True)["input_ids"]
-        if not ids:
+            param, ids = "prompt", encode_prompt(self.tokenizer, req.prompt, chat=False)
+        if ids.numel() == 0:
             raise bad_request("the prompt encodes to no tokens: give some text to continue", param)
-        if self.context_length is not None and len(ids) >= self.context_length:
+        if self.context_length is not None and ids.shape[0] >= self.context_length:
             raise bad_request(
-                f"the prompt has {len(ids)} tokens but the model's context is {self.context_length}: shorten it",
+                f"the prompt has {ids.shape[0]} tokens but the model's context is {self.context_length}: shorten it",
                 param,
                 code="context_length_exceeded",
             )
-        return torch.tensor(ids, dtype=torch.long)
+        return ids
 
     def max_new_tokens(self, req: CompletionRequest, prompt_tokens: int) -> int:
         """The request's max_tokens, refused if prompt + max_tokens exceed the context; the server default

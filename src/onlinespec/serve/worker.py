@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from onlinespec.decoding.config import GenerationConfig
-from onlinespec.pipeline import GenerationResult, Pipeline
+from onlinespec.online.session import SessionStatus
+from onlinespec.online.trainable_draft import TrainableDraft
+from onlinespec.pipeline import Generation, GenerationResult, Pipeline
 from onlinespec.serve.errors import ApiError
 from onlinespec.serve.metrics import ServerMetrics
 from onlinespec.text_stream import TextStream
@@ -81,11 +83,11 @@ def tensors_digest(named: dict[str, torch.Tensor]) -> str:
 
 
 class Worker:
-    """Owns the pipeline and the learner: only its thread decodes, learns and publishes."""
+    """Owns the pipeline and its learner session (`pipe.enable_learning`, or none: a static draft, nothing saved):
+    only its thread decodes, learns and publishes."""
 
-    def __init__(self, pipe: Pipeline, online, metrics: ServerMetrics, max_queue: int, request_timeout_s: float):
+    def __init__(self, pipe: Pipeline, metrics: ServerMetrics, max_queue: int, request_timeout_s: float):
         self.pipe = pipe
-        self.online = online  # an OnlineLearning, or None (static draft, nothing saved)
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
@@ -124,16 +126,21 @@ class Worker:
         self.accepting = False
         self.abort_after = time.monotonic() + grace_s
 
+    def learning_status(self) -> SessionStatus | None:
+        """The learner session's telemetry view, or None when the server does not learn."""
+        return self.pipe.online.status() if self.pipe.online is not None else None
+
     def draft_info(self) -> dict:
         """Which draft is live: its round and a digest of its trainable weights (blocks briefly; use a thread)."""
         draft = self.pipe.draft
-        info = {"draft": getattr(draft, "name", None), "learner": self.online.cfg.learner if self.online else None}
-        with self.draft_lock:
-            info["round"] = self.online.round if self.online else 0
-            if self.online is not None:
-                named = dict(zip(self.online.draft.trainable, self.online.live, strict=True))
-                info["digest"] = tensors_digest(named)
-            elif draft is not None and hasattr(draft, "trainable"):
+        with self.draft_lock:  # no publication while the weights are read: round and digest belong together
+            status = self.learning_status()
+            info = {
+                "draft": getattr(draft, "name", None),
+                "learner": status.learner if status else None,
+                "round": status.round if status else 0,
+            }
+            if isinstance(draft, TrainableDraft):  # the live draft's weights (a learner publishes into them)
                 named = dict(draft.model.named_parameters())
                 info["digest"] = tensors_digest({name: named[name] for name in draft.trainable})
         return info
@@ -148,11 +155,12 @@ class Worker:
             self.abort_after = min(self.abort_after, time.monotonic())
             self.jobs.put(None)
             self._thread.join()
-        if self.online is not None:
+        if self.pipe.online is not None:
             with self.draft_lock:
-                self.online.close()
-            if self.online.cfg.state_dir:
-                log.info("saved draft state (round %d) to %s", self.online.round, self.online.cfg.state_dir)
+                self.pipe.online.close()
+            status = self.pipe.online.status()
+            if status.state_dir:
+                log.info("saved draft state (round %d) to %s", status.round, status.state_dir)
 
     # --- decoding thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -186,28 +194,26 @@ class Worker:
         if refused is not None:
             job.emit(Failed(refused))
             return
-        learner = self.online
-        round_used = learner.round if learner is not None else 0
-        private = learner is not None and not job.learn
-        generation = self.pipe.start(job.prompt_ids, job.cfg)
+        status = self.learning_status()
+        round_used = status.round if status is not None else 0
+        generation = self.pipe.start(job.prompt_ids, job.cfg, learn=job.learn)  # not learn: a private request
         text = TextStream(self.pipe.tokenizer, job.cfg.stop) if job.stream else None
         first_token_at, aborted = None, None
         steps = iter(generation)
-        with learner.private() if private else contextlib.nullcontext():
-            try:
-                for _ in steps:
-                    first_token_at = first_token_at or time.monotonic()
-                    if text is not None and (piece := text.push(generation.stop.token_ids)):
-                        job.emit(Delta(piece))
-                    if (aborted := self._abort_reason(job)) is not None:
-                        break
-            finally:
-                steps.close()  # an abandoned request leaves no half-run generator behind
+        try:
+            for _ in steps:
+                first_token_at = first_token_at or time.monotonic()
+                if text is not None and (piece := text.push(generation.stop.token_ids)):
+                    job.emit(Delta(piece))
+                if (aborted := self._abort_reason(job)) is not None:
+                    break
+        finally:
+            steps.close()  # an abandoned request leaves no half-run generator behind
         stop, stats = generation.stop, generation.stats
         result = GenerationResult(stop.text(), list(stop.token_ids), stop.finish_reason or "length", stats)
-        learned = learner is not None and job.learn and learner.learning
-        if learner is not None and job.learn:
-            self._after_request(stats)
+        learned = status is not None and job.learn and status.learning
+        if status is not None and job.learn:
+            self._after_request(generation)
         finished = time.monotonic()
         queue_s = started - job.created
         ttft_s = (first_token_at or finished) - job.created
@@ -226,18 +232,19 @@ class Worker:
         }
         job.emit(Done(result, text.finish(result.text) if text is not None else "", speculative))
 
-    def _after_request(self, stats) -> None:
-        """Hand a request to the learner; at a round boundary this publishes w_{t+1} and may checkpoint."""
+    def _after_request(self, generation: Generation) -> None:
+        """Hand a request (finished or aborted) to the learner; at a round boundary this publishes w_{t+1} and
+        may checkpoint."""
         try:
             with self.draft_lock:
-                record = self.online.after_request(stats)
+                record = generation.finish()
         except Exception:  # a failed background update or checkpoint: logged and counted, serving goes on
             log.exception("draft update or checkpoint failed")
             self.metrics.count_learner_error()
             return
         if record is not None:
-            cfg = self.online.cfg
-            saved = bool(cfg.state_dir) and record["round"] % cfg.save_every == 0
+            status = self.learning_status()
+            saved = status is not None and status.last_round_saved
             self.metrics.observe_round(record, saved)
             log.info(
                 "round %d: tau %.3f alpha %.3f over %d requests%s",
@@ -245,5 +252,5 @@ class Worker:
                 record["tau"],
                 record["alpha"],
                 record["requests"],
-                f"; checkpoint to {cfg.state_dir}" if saved else "",
+                f"; checkpoint to {status.state_dir}" if saved else "",
             )

@@ -166,21 +166,11 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
 
 def _decoding_check(loaded, head, prompts: list[str], cfg) -> dict:
     """Greedy speculative decoding of held-out prompts with the head: the accept-rate figure users care about."""
+    from onlinespec.decoding.metrics import RequestStats
     from onlinespec.drafts import head_kind_entry
     from onlinespec.pipeline import Pipeline
 
     draft = head_kind_entry(head.kind).draft_class(head, name=head.kind)
     pipe = Pipeline(loaded, draft)
-    drafted = accepted = tokens = forwards = 0
-    for prompt in prompts:
-        stats = pipe.generate(prompt, cfg).stats
-        drafted += stats.drafted
-        accepted += stats.accepted
-        tokens += stats.new_tokens
-        forwards += stats.target_forwards
-    return {
-        "prompts": len(prompts),
-        "k": cfg.k,
-        "alpha": accepted / max(drafted, 1),
-        "tau": tokens / max(forwards, 1),
-    }
+    total = RequestStats.total(pipe.generate(prompt, cfg).stats for prompt in prompts)
+    return {"prompts": len(prompts), "k": cfg.k, "alpha": total.alpha, "tau": total.tau}
