@@ -21,7 +21,8 @@ import torch
 
 from onlinespec import GenerationConfig
 from onlinespec.bench.prompts import source_stream
-from onlinespec.bench.runner import encode_prompt
+from onlinespec.bench.runner import prompt_ids
+from onlinespec.decoding.metrics import RequestStats
 from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import make_draft
 from onlinespec.models import load_model
@@ -62,41 +63,34 @@ def main() -> None:
         pipes[name] = Pipeline(loaded, make_draft(draft, loaded))
         trees[name] = TreeConfig(tree, args.tree_depth, args.tree_top_k, args.tree_tokens)
         ks[name] = k or args.k
-    totals = {name: {"tokens": 0, "forwards": 0, "drafted": 0, "accepted": 0, "wall": 0.0, "draft": 0.0,
-                     "steps": 0, "mismatches": 0} for name in pipes}  # fmt: skip
+    totals = {name: RequestStats.zero() for name in pipes}
+    mismatches = dict.fromkeys(pipes, 0)
     started = time.time()
     for i, prompt in enumerate(prompts):
-        ids = encode_prompt(loaded.tokenizer, prompt)
+        ids = prompt_ids(loaded.tokenizer, prompt)
         reference = None
         for name, pipe in pipes.items():
             tree = trees.get(name, TreeConfig())
             cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, k=ks.get(name, args.k), tree=tree)
             result = pipe.start(ids, cfg, mode="ar" if name == "ar" else "spec").result()
-            s, t = result.stats, totals[name]
-            t["tokens"] += s.new_tokens
-            t["forwards"] += s.target_forwards
-            t["drafted"] += s.drafted
-            t["accepted"] += s.accepted
-            t["wall"] += s.wall_s
-            t["draft"] += s.draft_s
-            t["steps"] += s.target_forwards - 1  # verify steps (the prefill forward drafts nothing)
+            totals[name] += result.stats
             if reference is None:
                 reference = result.token_ids
-            t["mismatches"] += int(result.token_ids != reference)
+            mismatches[name] += int(result.token_ids != reference)
         print(f"prompt {i + 1}/{len(prompts)} done ({time.time() - started:.0f} s)", flush=True)
 
-    ar_step = totals["ar"]["wall"] / totals["ar"]["tokens"]
+    ar_step = totals["ar"].wall_s / totals["ar"].new_tokens
     rows = {}
     for name, t in totals.items():
-        tok_s = t["tokens"] / t["wall"]
+        steps = t.target_forwards - t.requests  # verify steps (each request's prefill forward drafts nothing)
         rows[name] = {
-            "tau": t["tokens"] / t["forwards"],
-            "alpha": t["accepted"] / t["drafted"] if t["drafted"] else None,
-            "c": (t["draft"] / t["steps"]) / ar_step if t["steps"] and name != "ar" else None,
-            "tokens_per_s": tok_s,
-            "speedup": tok_s * ar_step,
-            "new_tokens": t["tokens"],
-            "mismatches": t["mismatches"],
+            "tau": t.tau,
+            "alpha": t.alpha if t.drafted else None,
+            "c": (t.draft_s / steps) / ar_step if steps and name != "ar" else None,
+            "tokens_per_s": t.tokens_per_s,
+            "speedup": t.tokens_per_s * ar_step,
+            "new_tokens": t.new_tokens,
+            "mismatches": mismatches[name],
         }
     config = {
         "methods": {name: {"draft": d, "tree": tr, "k": ks[name]} for name, d, tr, _ in methods},
