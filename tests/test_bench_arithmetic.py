@@ -1,0 +1,111 @@
+"""`onlinespec bench` arithmetic checked by hand: tau, alpha, ideal speedup, efficiency and the last-third ratio
+from given round records, and the greedy-divergence report for a method whose outputs differ on purpose."""
+
+from __future__ import annotations
+
+import pytest
+
+from onlinespec.bench.results import first_divergence, ideal_speedup, summarise
+
+K = 3
+
+
+def record(method: str, new_tokens: int, forwards: int, drafted: int, accepted: int, **times: float) -> dict:
+    """One round record with the fields `summarise` sums (times default to round numbers)."""
+    return {
+        "method": method,
+        "prompts": 2,
+        "new_tokens": new_tokens,
+        "target_forwards": forwards,
+        "drafted": drafted,
+        "accepted": accepted,
+        "decode_s": times.get("decode_s", 1.0),
+        "draft_s": times.get("draft_s", 0.0),
+        "target_s": times.get("target_s", 0.5),
+        "update_s": times.get("update_s", 0.0),
+        "tau": new_tokens / forwards,
+    }
+
+
+ROUNDS = [
+    # ar: 40 tokens in 40 forwards over 4 s -> one AR step = 0.1 s, 10 tok/s
+    *(record("ar", 20, 20, 0, 0, decode_s=2.0) for _ in range(2)),
+    # static: three rounds (the last third is the last round)
+    record("static", 20, 10, 30, 10, decode_s=1.0, draft_s=0.3),
+    record("static", 20, 10, 30, 10, decode_s=1.0, draft_s=0.3),
+    record("static", 20, 8, 24, 12, decode_s=1.0, draft_s=0.24),
+    # ogd: six rounds (the last third is the last two), with update time
+    *(record("ogd", 10, 5, 15, 5, decode_s=0.5, draft_s=0.15, update_s=0.1) for _ in range(4)),
+    *(record("ogd", 12, 4, 12, 8, decode_s=0.5, draft_s=0.12, update_s=0.1) for _ in range(2)),
+]
+
+
+def outputs(static_second: list[int] | None = None) -> dict[str, list[list[int]]]:
+    ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    return {"ar": ref, "static": [ref[0], static_second or ref[1]], "ogd": [list(r) for r in ref]}
+
+
+def leviathan(alpha: float, k: int, c: float, u: float) -> float:
+    """E = 1 + a + ... + a^k tokens per step, written as the sum (not the closed form the product uses)."""
+    return sum(alpha**i for i in range(k + 1)) / (1 + c * k + u)
+
+
+def test_ideal_speedup_is_leviathans_formula() -> None:
+    assert ideal_speedup(0.5, 3, 0.0) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert ideal_speedup(0.8, 4, 0.05, 0.1) == pytest.approx(leviathan(0.8, 4, 0.05, 0.1))
+    assert ideal_speedup(1.0, 3, 0.1) == pytest.approx(4 / 1.3)
+    assert ideal_speedup(0.0, 5, 0.0) == pytest.approx(1.0)  # nothing accepted: one token per step
+
+
+def test_summary_figures_match_a_hand_computation() -> None:
+    methods = summarise({"c": 1}, ROUNDS, outputs(), K)["methods"]
+    ar, static, ogd = methods["ar"], methods["static"], methods["ogd"]
+    ar_step = 4.0 / 40  # ar's decode seconds per target forward
+    assert ar["tau"] == pytest.approx(1.0)
+    assert ar["tokens_per_s"] == pytest.approx(10.0)
+    assert (ar["ideal_speedup"], ar["speedup"], ar["efficiency"]) == pytest.approx((1.0, 1.0, 1.0))
+
+    # static: 60 tokens / 28 forwards; alpha 32 / 84; c = (0.84 s / 84 drafted) / 0.1 s; no update
+    assert static["tau"] == pytest.approx(60 / 28)
+    assert static["alpha"] == pytest.approx(32 / 84)
+    assert static["cost_ratio"] == pytest.approx((0.84 / 84) / ar_step)
+    assert static["update_per_step"] == pytest.approx(0.0)
+    ideal = leviathan(32 / 84, K, 0.1, 0.0)
+    assert static["ideal_speedup"] == pytest.approx(ideal)
+    assert static["speedup"] == pytest.approx((60 / 3.0) / 10.0)
+    assert static["efficiency"] == pytest.approx((60 / 3.0) / 10.0 / ideal)
+    assert static["tau_last_third"] == pytest.approx(20 / 8)
+    assert static["tau_last_third_vs_static"] == pytest.approx(1.0)
+
+    # ogd: 64 tokens / 28 forwards; alpha 36 / 84; c = (0.84 / 84) / 0.1; u = (0.6 s / 28 forwards) / 0.1 s
+    assert ogd["tau"] == pytest.approx(64 / 28)
+    assert ogd["alpha"] == pytest.approx(36 / 84)
+    u = (0.6 / 28) / ar_step
+    assert ogd["update_per_step"] == pytest.approx(u)
+    ideal = leviathan(36 / 84, K, 0.1, u)
+    assert ogd["ideal_speedup"] == pytest.approx(ideal)
+    speedup = (64 / (3.0 + 0.6)) / 10.0
+    assert ogd["speedup"] == pytest.approx(speedup)
+    assert ogd["speedup_excl_update"] == pytest.approx((64 / 3.0) / 10.0)
+    assert ogd["efficiency"] == pytest.approx(speedup / ideal)
+    assert ogd["tau_last_third"] == pytest.approx(24 / 8)
+    assert ogd["tau_last_third_vs_static"] == pytest.approx((24 / 8) / (20 / 8))
+    assert ogd["tau_per_round"] == pytest.approx([2.0] * 4 + [3.0] * 2)
+
+
+def test_a_method_that_diverges_on_purpose_is_reported() -> None:
+    results = summarise({}, ROUNDS, outputs(static_second=[5, 6, 9, 8]), K)
+    static = results["methods"]["static"]
+    assert static["greedy_mismatches"] == 1
+    assert static["first_divergences"] == [{"prompt": 1, "token": 2}]
+    assert results["methods"]["ogd"]["greedy_mismatches"] == 0
+    assert results["greedy_mismatches"] == 1
+
+
+@pytest.mark.parametrize(
+    ("ours", "ref", "at"),
+    [([1, 2, 3], [1, 2, 3], None), ([9, 2, 3], [1, 2, 3], 0), ([1, 2, 4], [1, 2, 3], 2), ([1, 2], [1, 2, 3], 2)],
+)
+def test_first_divergence(ours: list[int], ref: list[int], at: int | None) -> None:
+    assert first_divergence(ours, ref) == at
+    assert first_divergence(ref, ours) == at
