@@ -259,7 +259,7 @@ def test_two_runs_cannot_write_one_folder(tmp_path) -> None:
 
     first = Checkpoint(tmp_path / "run")
     first.start({"settings": {}}, resume=False)
-    with pytest.raises(UserError, match="another onlinespec bench is writing to"):
+    with pytest.raises(UserError, match="benchmark run .* is in use by pid"):
         Checkpoint(tmp_path / "run").start({"settings": {}}, resume=False)
     first.release()
     assert Checkpoint(tmp_path / "run").start({"settings": {}}, resume=False)["done"] == 0

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from onlinespec.atomic import write_text_atomic
+from onlinespec.dir_lock import DirectoryLock
 from onlinespec.errors import UserError
 
 FORMAT = 1
@@ -66,26 +67,13 @@ class Checkpoint:
         return self.load()  # read again under the lock
 
     def acquire(self) -> None:
-        """Lock the run folder for this process, so two runs never write one checkpoint (POSIX; released by
-        release() or when the process ends)."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; the user keeps runs apart
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.dir / "lock", "w")  # noqa: SIM115 (held open for the lifetime of the run)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise UserError(
-                f"another onlinespec bench is writing to '{self.out}': let it finish or choose another --out"
-            ) from None
-        self._lock = handle
+        """Own the run folder for this process (onlinespec/dir_lock.py), so two runs never write one checkpoint;
+        released by release() or when the process ends, also when it crashes."""
+        self._lock = DirectoryLock(self.out, "benchmark run").acquire()
 
     def release(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def load(self) -> dict | None:

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import replace
 
-from onlinespec.commands.common import quiet_transformers
+from onlinespec.commands.common import owned_directory, quiet_transformers
 from onlinespec.commands.flags import (
     add_draft_flags,
     add_learning_flags,
@@ -48,6 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with owned_directory(args.draft_state, "draft state"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from onlinespec.decoding.config import GenerationConfig
     from onlinespec.decoding.sampling import SamplingConfig
     from onlinespec.pipeline import Pipeline

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from onlinespec.commands.common import quiet_transformers
+from onlinespec.commands.common import owned_directory, quiet_transformers
 from onlinespec.commands.flags import (
     add_draft_flags,
     add_learning_flags,
@@ -39,6 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit, 413 (default: %(default)s)")
     p.add_argument(
         "--max-tokens-limit", type=int, default=4096, help="largest max_tokens allowed (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=0,
+        help="admission rule: refuse (400) a request whose prompt plus max_tokens exceeds this many tokens, so one "
+        "request cannot hold the single decoder for long; 0 = only the model's context (default: %(default)s)",
     )
     p.add_argument(
         "--default-max-tokens",
@@ -76,6 +83,8 @@ def check_flags(args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be > 0, got {value}")
+    if args.max_request_tokens < 0:
+        raise UserError(f"--max-request-tokens must be >= 0 (0 = off), got {args.max_request_tokens}")
     if args.shutdown_grace < 0:
         raise UserError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
     if args.default_max_tokens > args.max_tokens_limit:
@@ -88,6 +97,11 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with owned_directory(args.draft_state, "draft state"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     check_flags(args)
     try:
         from onlinespec.serve.app import ServeSettings
@@ -120,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout,
         max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens,
+        max_request_tokens=args.max_request_tokens,
     )
     options = ServerOptions(
         host=args.host,

@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from onlinespec.commands.common import owned_directory
 from onlinespec.commands.flags import add_model_flags
 from onlinespec.errors import UserError
 
@@ -50,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with owned_directory(args.out, "warm-up output folder"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from onlinespec.drafts import HEAD_KIND_NAMES
     from onlinespec.warmup.run import DATA_SOURCES, WarmupConfig, run_warmup
 

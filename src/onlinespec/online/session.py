@@ -16,12 +16,12 @@ Schedules:
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from onlinespec.online.state_store import load_state, save_state
 from onlinespec.online.trainable_draft import TrainableDraft
 
 SCHEDULES = ("sync", "overlap")
+log = logging.getLogger("onlinespec.online")
 
 
 @dataclass
@@ -80,6 +81,10 @@ class SessionStatus:
     last_record: dict[str, Any] | None  # a copy of the last round record, None before the first boundary
     last_saved_round: int | None  # the round of the last snapshot taken (restored: the one loaded), else None
     update_s: float  # all update time so far (sync: on the decoding path; overlap: in the background)
+    checkpoints: int = 0  # snapshots written to state_dir (this process)
+    checkpoint_failures: int = 0  # snapshots that could not be written (the last good one stays on disk)
+    last_checkpoint_error: str | None = None  # why the newest failed write failed
+    last_good_round: int | None = None  # the round of the newest snapshot known to be on disk
 
     @property
     def last_round_saved(self) -> bool:
@@ -115,7 +120,9 @@ class OnlineLearning:
         self._pending: threading.Thread | None = None
         self._pending_result: dict = {}
         self._saver: threading.Thread | None = None  # a snapshot being written (save_in_background)
-        self._saver_error: str | None = None
+        self._checkpoints = self._checkpoint_failures = 0
+        self._checkpoint_error: str | None = None
+        self._last_good_round: int | None = None
         if cfg.state_dir:
             self._restore(cfg.state_dir)
 
@@ -144,6 +151,10 @@ class OnlineLearning:
             last_record=last,
             last_saved_round=self._last_saved_round,
             update_s=self._update_s,
+            checkpoints=self._checkpoints,
+            checkpoint_failures=self._checkpoint_failures,
+            last_checkpoint_error=self._checkpoint_error,
+            last_good_round=self._last_good_round,
         )
 
     # --- round boundary -------------------------------------------------------------------------------------
@@ -214,7 +225,13 @@ class OnlineLearning:
             self._publish()
         self._finish_saving()
         if self._cfg.state_dir:
+            failures = self._checkpoint_failures
             self._save(self._cfg.state_dir)
+            if self._checkpoint_failures > failures:
+                raise UserError(
+                    f"could not save the draft state to '{self._cfg.state_dir}' ({self._checkpoint_error}); "
+                    f"{_kept(self._last_good_round)}"
+                )
         return record
 
     # --- updates ---------------------------------------------------------------------------------------------
@@ -250,11 +267,10 @@ class OnlineLearning:
             live.copy_(trained)
 
     # --- persistence -----------------------------------------------------------------------------------------
-    def _save(self, directory: str) -> Path:
+    def _save(self, directory: str) -> None:
         named = dict(zip(self._draft.trainable, self._objective.parameters(), strict=True))
-        path = save_state(directory, named, self._learner.state_dict(), self._info())
         self._last_saved_round = self._round
-        return path
+        self._write_snapshot(directory, named, self._learner.state_dict(), self._info())
 
     def _info(self) -> dict:
         return {"round": self._round, "draft": self._draft.name, "config": _jsonable(asdict(self._cfg))}
@@ -270,20 +286,29 @@ class OnlineLearning:
         self._saver.start()
         self._last_saved_round = self._round
 
-    def _write_snapshot(self, *args) -> None:
+    def _write_snapshot(self, directory: str, named: dict, learner_state: dict, info: dict) -> None:
+        """Write one snapshot (atomically: a failed write leaves the previous one intact). A failure is counted
+        and logged in one line, and decoding goes on; `close()` raises if its final write fails."""
         try:
-            save_state(*args)
-        except Exception as exc:  # surfaced at the next checkpoint or at close, never swallowed
-            self._saver_error = repr(exc)
+            save_state(directory, named, learner_state, info)
+        except Exception as exc:  # disk full, permissions, a path taken by a file: counted, never swallowed
+            self._checkpoint_failures += 1
+            self._checkpoint_error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "could not write the draft state of round %d to %s (%s); %s",
+                info["round"],
+                directory,
+                self._checkpoint_error,
+                _kept(self._last_good_round),
+            )
+            return
+        self._checkpoints += 1
+        self._last_good_round = int(info["round"])
 
     def _finish_saving(self) -> None:
-        if self._saver is None:
-            return
-        self._saver.join()
-        self._saver = None
-        error, self._saver_error = self._saver_error, None
-        if error is not None:
-            raise RuntimeError(f"background checkpoint failed: {error}")
+        if self._saver is not None:
+            self._saver.join()
+            self._saver = None
 
     def _restore(self, directory: str) -> None:
         loaded = load_state(directory)
@@ -297,8 +322,14 @@ class OnlineLearning:
             )
         self._learner.load_state_dict(learner_state)
         self._round = int(info["round"])
-        self._last_saved_round = self._round
+        self._last_saved_round = self._last_good_round = self._round
         self._publish()
+
+
+def _kept(round_no: int | None) -> str:
+    if round_no is None:
+        return "no snapshot of this run is on disk yet"
+    return f"the last good snapshot (round {round_no}) is kept"
 
 
 def _jsonable(obj):

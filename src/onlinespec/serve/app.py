@@ -40,6 +40,7 @@ class ServeSettings:
     request_timeout_s: float = 300.0
     max_tokens_limit: int = 4096
     default_max_tokens: int = 256
+    max_request_tokens: int = 0  # admission: prompt + max_tokens at most this (0 = only the model's context)
 
 
 def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, metrics: ServerMetrics) -> FastAPI:
@@ -76,7 +77,7 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
 
     auth = [Depends(authorize)]
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # probes often use HEAD
     async def health() -> dict:
         learning = worker.learning_status()
         return {
@@ -87,6 +88,7 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
             "round": learning.round if learning else 0,
             "queue_depth": worker.jobs.qsize(),
             "in_flight": worker.in_flight,
+            "checkpoints": checkpoint_health(learning),
         }
 
     @app.get("/v1/models", dependencies=auth)
@@ -98,6 +100,8 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
     async def prometheus() -> PlainTextResponse:
         learning = worker.learning_status()
         draft_round = learning.round if learning else 0
+        if learning:
+            metrics.observe_checkpoints(learning.checkpoints, learning.checkpoint_failures)
         text = metrics.render(worker.jobs.qsize(), worker.in_flight, draft_round)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -114,6 +118,7 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
         return await complete(request, "chat")
 
     async def complete(request: Request, kind: str):
+        check_content_type(request)
         body = parse_json(await read_body(request, settings.max_body_bytes))
         req = parse_request(body, kind, settings.max_tokens_limit)
         if req.model is not None and req.model != settings.model_name:
@@ -124,8 +129,10 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
                 code="model_not_found",
             )
         learn = wants_learning(request)
-        prompt_ids = encoder.encode(req)
-        cfg = generation_config(req, encoder.max_new_tokens(req, prompt_ids.shape[0]), settings.k)
+        prompt_ids = await run_in_threadpool(encoder.encode, req)  # a long prompt must not stall the event loop
+        max_new_tokens = encoder.max_new_tokens(req, prompt_ids.shape[0])
+        admit(prompt_ids.shape[0], max_new_tokens, settings.max_request_tokens)
+        cfg = generation_config(req, max_new_tokens, settings.k)
         job = Job(
             prompt_ids=prompt_ids,
             cfg=cfg,
@@ -158,6 +165,48 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+JSON_TYPES = ("application/json",)
+
+
+def check_content_type(request: Request) -> None:
+    """A body sent as JSON, or with no type at all (many clients send none); text/plain, forms, ... are refused
+    rather than parsed as JSON by accident."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.split(";")[0].strip().lower()
+    if media not in JSON_TYPES and not media.endswith("+json"):
+        raise ApiError(
+            415,
+            f"the request body must be JSON, not '{media}': send it with 'Content-Type: application/json'",
+            code="unsupported_media_type",
+        )
+
+
+def admit(prompt_tokens: int, max_new_tokens: int, budget: int) -> None:
+    """The operator's per-request budget (--max-request-tokens): refuse what would hold the decoder too long."""
+    if budget and prompt_tokens + max_new_tokens > budget:
+        raise bad_request(
+            f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_new_tokens}) exceeds this server's "
+            f"per-request budget of {budget} tokens: shorten the prompt or lower max_tokens",
+            param="max_tokens",
+            code="request_too_large",
+        )
+
+
+def checkpoint_health(learning) -> dict | None:
+    """What /health says of the draft-state snapshots: None when nothing is saved."""
+    if learning is None or not learning.state_dir:
+        return None
+    return {
+        "state_dir": learning.state_dir,
+        "written": learning.checkpoints,
+        "failed": learning.checkpoint_failures,
+        "last_good_round": learning.last_good_round,
+        "last_error": learning.last_checkpoint_error,
+    }
 
 
 def wants_learning(request: Request) -> bool:

@@ -68,7 +68,7 @@ class ServerMetrics:
         self.update_seconds = 0.0
         self.update_blocking_seconds = 0.0
         self.learner_errors = 0
-        self.checkpoints = 0
+        self.checkpoints = self.checkpoint_failures = 0  # copied from the session's status at each render
         self.telemetry: dict[str, float] = {}  # last round's scalar learner telemetry (loss, grad_norm, ...)
         self.hedge_weights: list[float] = []
 
@@ -94,12 +94,10 @@ class ServerMetrics:
             self.tokens_per_s.observe(stats["tokens_per_s"])
             self.last_tokens_per_s = stats["tokens_per_s"]
 
-    def observe_round(self, record: dict, saved: bool) -> None:
-        """One round record of the learner session (`OnlineLearning.after_request`); `saved`: whether its boundary
-        took a snapshot (`SessionStatus.last_round_saved`)."""
+    def observe_round(self, record: dict) -> None:
+        """One round record of the learner session (`OnlineLearning.after_request`)."""
         with self._lock:
             self.rounds += 1
-            self.checkpoints += int(saved)
             if "update_s" in record:
                 self.updates += 1
                 self.update_seconds += float(record["update_s"])
@@ -113,6 +111,11 @@ class ServerMetrics:
             }
             if isinstance(record.get("weights"), list):
                 self.hedge_weights = [float(w) for w in record["weights"]]
+
+    def observe_checkpoints(self, written: int, failed: int) -> None:
+        """The session's own counts of snapshots written and failed (SessionStatus), as of now."""
+        with self._lock:
+            self.checkpoints, self.checkpoint_failures = written, failed
 
     def count_learner_error(self) -> None:
         with self._lock:
@@ -191,6 +194,12 @@ class ServerMetrics:
             )
             family("learner_errors_total", "counter", "Failed learning rounds.", [("", {}, self.learner_errors)])
             family("checkpoints_total", "counter", "Draft-state snapshots written.", [("", {}, self.checkpoints)])
+            family(
+                "checkpoint_failures_total",
+                "counter",
+                "Draft-state snapshots that could not be written (the last good one stays on disk).",
+                [("", {}, self.checkpoint_failures)],
+            )
             family(
                 "learner_telemetry",
                 "gauge",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from onlinespec.decoding.config import GenerationConfig
+from onlinespec.errors import UserError
 from onlinespec.online.session import SessionStatus
 from onlinespec.online.trainable_draft import TrainableDraft
 from onlinespec.pipeline import Generation, GenerationResult, Pipeline
@@ -156,8 +157,12 @@ class Worker:
             self.jobs.put(None)
             self._thread.join()
         if self.pipe.online is not None:
-            with self.draft_lock:
-                self.pipe.online.close()
+            try:
+                with self.draft_lock:
+                    self.pipe.online.close()
+            except UserError as exc:  # the final snapshot could not be written: one line, the last good one stays
+                log.error("%s", exc)
+                return
             status = self.pipe.online.status()
             if status.state_dir:
                 log.info("saved draft state (round %d) to %s", status.round, status.state_dir)
@@ -238,14 +243,14 @@ class Worker:
         try:
             with self.draft_lock:
                 record = generation.finish()
-        except Exception:  # a failed background update or checkpoint: logged and counted, serving goes on
-            log.exception("draft update or checkpoint failed")
+        except Exception:  # a failed update: logged and counted, serving goes on (checkpoint failures never raise)
+            log.exception("draft update failed")
             self.metrics.count_learner_error()
             return
         if record is not None:
             status = self.learning_status()
             saved = status is not None and status.last_round_saved
-            self.metrics.observe_round(record, saved)
+            self.metrics.observe_round(record)
             log.info(
                 "round %d: tau %.3f alpha %.3f over %d requests%s",
                 record["round"],
