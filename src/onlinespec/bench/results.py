@@ -1,4 +1,4 @@
-"""Per-method results from the round records, the report table, and the output files (SPEC.md §1 metrics).
+"""Per-method results from the round records, the report table, and the output files (docs/method.md §1 metrics).
 
 results.json keeps, for every method: tau, alpha, tokens_per_s (decoding only), tokens_per_s_incl_update (update
 time that decoding waited for added), speedup (incl. update, vs `ar` of the same run), update_s, new_tokens,
@@ -43,7 +43,7 @@ def environment() -> dict:
 
 
 def ideal_speedup(alpha: float, k: int, c: float, u: float = 0.0) -> float:
-    """Leviathan et al. 2023: E = (1 - a^(k+1)) / (1 - a) tokens per step, S = E / (1 + c k + u) (SPEC.md §1)."""
+    """Leviathan et al. 2023: E = (1 - a^(k+1)) / (1 - a) tokens per step, S = E / (1 + c k + u) (docs/method.md §1)."""
     expected = float(k + 1) if alpha >= 1.0 else (1 - alpha ** (k + 1)) / (1 - alpha)
     return expected / (1 + c * k + u)
 

@@ -1,4 +1,4 @@
-"""Decode one prompt stream with every method, interleaved, and keep per-round records (SPEC.md §1-2).
+"""Decode one prompt stream with every method, interleaved, and keep per-round records (docs/method.md §1-2).
 
 Fairness: one process, one target model; for each prompt every method decodes it in turn with the same settings,
 so machine drift hits all methods alike. Every learning method starts from the same warm draft (a fresh

@@ -55,9 +55,9 @@ def tree_config_from_args(args: argparse.Namespace):
 
 
 def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "static") -> argparse._ArgumentGroup:
-    """Flags of the online learner (SPEC.md §2), shared by every command that decodes. Returns their group, to which
-    `add_session_flags` adds the flags of a long-running session; without those, the session settings are
-    OnlineConfig's defaults."""
+    """Flags of the online learner (docs/method.md §2), shared by every command that decodes. Returns their group,
+    to which `add_session_flags` adds the flags of a long-running session; without those, the session settings
+    are OnlineConfig's defaults."""
     from onlinespec.online.learners import LEARNERS, LearnerConfig
     from onlinespec.online.losses import LOSSES
     from onlinespec.online.session import SCHEDULES, OnlineConfig

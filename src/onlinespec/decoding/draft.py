@@ -1,4 +1,4 @@
-"""The one protocol every draft kind implements, owned by the engine that calls it (DESIGN.md: seam 1).
+"""The one protocol every draft kind implements, owned by the engine that calls it (docs/architecture.md, "The seams").
 
 The engine talks to a draft only through `Draft` and reads only the `Proposal` it returns (tree drafts return a
 `TreeProposal`, decoding/tree.py). Draft kinds live in `onlinespec.drafts`; nothing here imports them.

@@ -1,5 +1,5 @@
 """The speculative decoding loop: draft k tokens, verify them in ONE target forward, keep the accepted prefix
-plus one target token, roll both KV caches back to the accepted length (SPEC.md §1).
+plus one target token, roll both KV caches back to the accepted length (docs/method.md §1).
 
 The engine knows nothing about learning: it hands a FeedbackRecord of every verify step to its listeners.
 """

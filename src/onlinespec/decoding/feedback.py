@@ -1,4 +1,4 @@
-"""What one verification step tells a learner: the free supervision of SPEC.md §2.
+"""What one verification step tells a learner: the free supervision of docs/method.md §2.
 
 The engine builds a record only when somebody listens, from tensors the verification pass already computed:
 no extra target forward, no copies of the logits.

@@ -13,7 +13,7 @@ def new_cache(model: torch.nn.Module) -> DynamicCache:
 def rollback(cache: DynamicCache, length: int) -> None:
     """Drop every cached position at index >= `length`.
 
-    Uses `crop(-n)`: `crop(L)` with a positive L raises in some transformers releases (MODELS.md).
+    Uses `crop(-n)`: `crop(L)` with a positive L raises in some transformers releases (docs/models.md).
     """
     excess = cache.get_seq_length() - length
     if excess > 0:

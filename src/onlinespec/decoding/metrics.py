@@ -1,5 +1,5 @@
-"""Speculative-decoding statistics, with Spec-Bench's definitions (SPEC.md §1): one summable type for a request, a
-round of requests and a whole run, so tau, alpha and tokens/s are defined here once."""
+"""Speculative-decoding statistics, with Spec-Bench's definitions (docs/method.md §1): one summable type for a
+request, a round of requests and a whole run, so tau, alpha and tokens/s are defined here once."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Logits processing shared by target and draft, and sampling from the result.
 
-Speculative sampling is exact only if p (target) and q (draft) come from the SAME processing (SPEC.md §1), so
+Speculative sampling is exact only if p (target) and q (draft) come from the SAME processing (docs/method.md §1), so
 both go through `probs_from_logits` with one `SamplingConfig`.
 """
 

@@ -1,4 +1,4 @@
-"""Tree drafting: many candidate continuations verified in ONE target forward (SPEC.md §3).
+"""Tree drafting: many candidate continuations verified in ONE target forward (docs/method.md §3).
 
 A tree proposal is N drafted nodes; node i holds a token and the index of its parent (-1 = the root, which is the
 last committed token). The target scores root + nodes in one forward where each node attends to the committed
@@ -75,7 +75,7 @@ _RANK_ACCEPT = (0.65, 0.2, 0.08, 0.04)
 def static_tree_shape(nodes: int = 25, max_depth: int = 5) -> list[tuple[int, ...]]:
     """The `nodes` paths (tuples of child ranks) with the highest assumed acceptance, depth <= max_depth.
 
-    With the defaults this gives 25 nodes, depth 5, branching 4, 3, 2, ... along the top path (SPEC.md §3).
+    With the defaults this gives 25 nodes, depth 5, branching 4, 3, 2, ... along the top path (docs/method.md §3).
     Every prefix of a chosen path is chosen too, because extending a path only lowers its score.
     """
     scored: list[tuple[float, tuple[int, ...]]] = []

@@ -1,4 +1,4 @@
-"""Verification of a drafted chain against the target's distributions (SPEC.md §1).
+"""Verification of a drafted chain against the target's distributions (docs/method.md §1).
 
 Both functions take the target's scores at the k+1 positions that one target forward over
 [last committed token, d_1 .. d_k] produces, and return (number of drafted tokens accepted, the next token).

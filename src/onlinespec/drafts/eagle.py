@@ -1,11 +1,11 @@
-"""EAGLE-style draft head (SPEC.md §3) and the draft that decodes with it, as a chain or a tree.
+"""EAGLE-style draft head (docs/method.md §3) and the draft that decodes with it, as a chain or a tree.
 
 Head step at position t: concat(f_t, e(x_{t+1})) [2d] -> fc -> one decoder layer of the target's family -> the
 target's frozen final norm + LM head -> a distribution over x_{t+2}. f_t is the target's last-layer feature at
 t for committed positions, and the head's own output g_t (its guess of f_{t+1}) while drafting ahead.
 
 Layout "eagle1" (opt-in) computes exactly what EAGLE-1 heads compute in vLLM and SGLang: the decoder layer has no
-input norm and the LM head reads g directly, with no final norm (see onlinespec/export.py); only such heads export
+input norm and the LM head reads g directly, with no final norm (see onlinespec/export/eagle.py); only such heads export
 exactly to those engines.
 """
 

@@ -1,4 +1,4 @@
-"""Hydra draft heads (SPEC.md §3): Medusa heads that also read the tokens drafted before them.
+"""Hydra draft heads (docs/method.md §3): Medusa heads that also read the tokens drafted before them.
 
 Head i (1-based, i = 1..H) guesses x_{t+1+i} from concat(f_t, e(x_{t+1}), e(d_1), .., e(d_{i-1})) [(i+1) d],
 where e is the target's frozen token embedding and d_j the tokens drafted on the path so far (teacher-forced in

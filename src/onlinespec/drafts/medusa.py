@@ -1,4 +1,4 @@
-"""Medusa draft heads (SPEC.md §3).
+"""Medusa draft heads (docs/method.md §3).
 
 Head i (1-based, i = 1..H) reads the target's last-layer feature f_t alone and guesses x_{t+1+i}: f_t already
 fixed x_{t+1} (the target's own next token), so head 1 drafts the token after it. Each head is a stack of

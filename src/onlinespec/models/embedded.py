@@ -89,7 +89,7 @@ def _convert_gguf(gguf: Path, out: Path, eos_token: str) -> None:
     print(f"onlinespec: converting {gguf.name} into {out.parent} (once, ~20 s)...", file=sys.stderr, flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained while it still looks quantised (MODELS.md).
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantised (docs/models.md).
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

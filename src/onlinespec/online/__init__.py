@@ -1,1 +1,1 @@
-"""Online learning of the draft from verification feedback (SPEC.md §2): buffer, losses, learners, rounds."""
+"""Online learning of the draft from verification feedback (docs/method.md §2): buffer, losses, learners, rounds."""

@@ -1,4 +1,4 @@
-"""Per-token divergences between the target's p and the draft's q (SPEC.md §2).
+"""Per-token divergences between the target's p and the draft's q (docs/method.md §2).
 
 p is known only on its top-K ids plus a tail mass, so both distributions are compared on the coarsened space
 {top-K ids, everything else}: K+1 outcomes. With K = V (full p) this is the exact divergence. Forward KL(p||q)

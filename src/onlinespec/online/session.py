@@ -1,4 +1,4 @@
-"""The prequential round loop (SPEC.md §2): decode a round with the published draft w_t, then update, then
+"""The prequential round loop (docs/method.md §2): decode a round with the published draft w_t, then update, then
 publish w_{t+1} at the round boundary. Nothing changes mid-request: publication happens only in `after_request`.
 
 The session's public surface is small: `after_request(stats)` after every learned request (the round record at a

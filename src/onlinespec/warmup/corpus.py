@@ -1,4 +1,4 @@
-"""Offline warm-up text (MODELS.md): CPython's own standard-library sources and pydoc topics, and the target's
+"""Offline warm-up text (docs/models.md): CPython's own standard-library sources and pydoc topics, and the target's
 own greedy answers to warm-up prompts (on-policy text: what the draft will actually be asked to predict).
 
 Everything here is deterministic: files and topics in sorted order, prompts in file order.

@@ -1,4 +1,4 @@
-"""Online learners of the draft's parameters (SPEC.md §2), and `make_learner` which builds one by name.
+"""Online learners of the draft's parameters (docs/method.md §2), and `make_learner` which builds one by name.
 
 Paper's learners: `static` (baseline, no update), `ogd`, `optimistic` (optimistic OGD), `ensemble` (Hedge over
 OGD experts). Ablations, NOT the paper's rules: `sgd-momentum`, `adamw`.

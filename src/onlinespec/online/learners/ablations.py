@@ -1,4 +1,4 @@
-"""ABLATIONS — NOT the paper's rules (SPEC.md §2): heavy-ball SGD momentum and AdamW, as online learners.
+"""ABLATIONS — NOT the paper's rules (docs/method.md §2): heavy-ball SGD momentum and AdamW, as online learners.
 
 They exist to show what the paper's learners are compared against. Like the paper's learners they clip each
 gradient, project onto the ball around w_0, take cfg.passes steps per round, and keep their optimizer state across

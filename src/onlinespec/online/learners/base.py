@@ -1,4 +1,4 @@
-"""The learner contract (SPEC.md §2): one `update` per round, fed by a gradient oracle, writing w_{t+1} in place.
+"""The learner contract (docs/method.md §2): one `update` per round, fed by a gradient oracle, writing w_{t+1} in place.
 
 A round is prequential: the decoder drafts the whole round with the published parameters w_t (the live `params`),
 the feedback is collected, then `update(grad_fn)` runs once and leaves w_{t+1} in `params`. Publication between

@@ -1,4 +1,4 @@
-"""Online ensemble: Hedge over OGD experts on a geometric learning-rate grid (SPEC.md §2, Ader-style)."""
+"""Online ensemble: Hedge over OGD experts on a geometric learning-rate grid (docs/method.md §2, Ader-style)."""
 
 from __future__ import annotations
 

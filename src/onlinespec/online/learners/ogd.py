@@ -1,4 +1,4 @@
-"""Online gradient descent (SPEC.md §2)."""
+"""Online gradient descent (docs/method.md §2)."""
 
 from __future__ import annotations
 

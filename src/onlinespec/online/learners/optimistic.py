@@ -1,4 +1,4 @@
-"""Optimistic online gradient descent — the paper's rule (SPEC.md §2), NOT momentum."""
+"""Optimistic online gradient descent — the paper's rule (docs/method.md §2), NOT momentum."""
 
 from __future__ import annotations
 

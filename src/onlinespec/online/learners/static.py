@@ -1,4 +1,4 @@
-"""Static: never changes the draft (SPEC.md §2) — the baseline every learner is compared with."""
+"""Static: never changes the draft (docs/method.md §2) — the baseline every learner is compared with."""
 
 from __future__ import annotations
 
