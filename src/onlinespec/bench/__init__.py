@@ -14,27 +14,20 @@ command is onlinespec/commands/bench.py. Submodules are imported on use, so read
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from onlinespec.bench.prompts import Stream
     from onlinespec.bench.runner import BenchRunner, BenchSettings
 
 
-def run_bench(
-    settings: BenchSettings,
-    stream: Stream,
-    out: str | Path,
-    resume: bool = False,
-    on_round: Callable[[list[dict]], None] | None = None,
-    show_progress: bool = True,
-) -> dict:
-    """Run (or, with resume, continue) a benchmark and write its outputs into `out`; returns results.json's content."""
+def run_bench(settings: BenchSettings, stream: Stream, out: str | Path, **options: Any) -> dict:
+    """Run (or, with `resume=True`, continue) a benchmark and write its outputs into `out`; returns results.json's
+    content. `options` are BenchRunner's: resume, on_round (called with each round's records), show_progress."""
     from onlinespec.bench.runner import BenchRunner
 
-    runner = BenchRunner(settings, stream, out, resume=resume, on_round=on_round, show_progress=show_progress)
+    runner = BenchRunner(settings, stream, out, **options)
     try:
         return _finish(runner, settings, stream, out, runner.run())
     finally:
