@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onlinespec.decoding.config import DEFAULT_K, GenerationConfig
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.errors import UserError
 from onlinespec.serve.errors import ApiError, bad_request
-from onlinespec.serve.metrics import ServerMetrics
+from onlinespec.serve.metrics import CONTENT_TYPE, ServerMetrics
 from onlinespec.serve.responses import DONE_EVENT, ResponseShape, sse
 from onlinespec.serve.schemas import CompletionRequest, parse_json, parse_request
 from onlinespec.serve.tokens import PromptEncoder
@@ -97,13 +97,12 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
         return {"object": "list", "data": [model]}
 
     @app.get("/metrics", dependencies=auth)
-    async def prometheus() -> PlainTextResponse:
+    async def prometheus() -> Response:
         learning = worker.learning_status()
         draft_round = learning.round if learning else 0
         if learning:
             metrics.observe_checkpoints(learning.checkpoints, learning.checkpoint_failures)
-        text = metrics.render(worker.jobs.qsize(), worker.in_flight, draft_round)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(worker.jobs.qsize(), worker.in_flight, draft_round), media_type=CONTENT_TYPE)
 
     @app.get("/draft", dependencies=auth)
     async def draft() -> dict:

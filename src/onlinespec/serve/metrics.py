@@ -1,215 +1,178 @@
-"""Server metrics in the Prometheus text exposition format (version 0.0.4), written by hand: a handful of
-counters, gauges and histograms, guarded by one lock (the decoding thread writes, the event loop reads)."""
+"""Server metrics for /metrics: plain numbers and histograms keyed by family name under one lock (the decoding thread
+writes, the event loop reads), exposed by prometheus-client through a per-server registry that reads them per scrape."""
 
 from __future__ import annotations
 
 import bisect
-import math
+import itertools
 import threading
 from collections import defaultdict
 
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
 PREFIX = "onlinespec"
-TAU_BUCKETS = (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
-ALPHA_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what `generate_latest` writes: the text format, version 0.0.4
+HELP = {  # every family /metrics shows, in order; a name ending in _total is a counter, one in BUCKETS a histogram
+    "http_responses_total": "HTTP responses by path and status code.",
+    "requests_total": "Decoded requests by finish reason and whether the draft learned from them.",
+    "prompt_tokens_total": "Prompt tokens of decoded requests.",
+    "completion_tokens_total": "Generated tokens.",
+    "decode_seconds_total": "Wall time spent decoding.",
+    "drafted_tokens_total": "Tokens proposed by the draft.",
+    "accepted_tokens_total": "Drafted tokens the target accepted.",
+    "tau": "Per request: new tokens per target forward (Spec-Bench tau).",
+    "alpha": "Per request: accepted / drafted tokens.",
+    "request_seconds": "Queue wait plus decoding time of a request.",
+    "time_to_first_token_seconds": "From arrival to the first generated token.",
+    "queue_wait_seconds": "Time a request waited for the decoder.",
+    "tokens_per_second": "Per request: new tokens / decoding wall time.",
+    "last_tokens_per_second": "Tokens/s of the last request.",
+    "queue_depth": "Requests waiting for the decoder.",
+    "in_flight": "Requests being decoded (0 or 1).",
+    "learner_rounds_total": "Finished learning rounds.",
+    "learner_round": "Round of the published draft.",
+    "learner_updates_total": "Draft updates applied.",
+    "learner_update_seconds_total": "Time spent in draft updates.",
+    "learner_update_blocking_seconds_total": "Time decoding waited for an update at round boundaries.",
+    "learner_errors_total": "Failed learning rounds.",
+    "checkpoints_total": "Draft-state snapshots written.",
+    "checkpoint_failures_total": "Draft-state snapshots that could not be written (the last good one stays on disk).",
+    "learner_telemetry": "Last round's learner telemetry (loss, grad_norm, hint_error, tau, alpha, ...).",
+    "learner_hedge_weight": "Hedge weight of each expert of the ensemble learner.",
+}
+LABELS = {  # label names of the labelled families, whose values are {tuple of label values: number}
+    "http_responses_total": ("path", "code"),
+    "requests_total": ("finish_reason", "learned"),
+    "learner_rounds_total": ("learner",),
+    "learner_telemetry": ("name",),
+    "learner_hedge_weight": ("expert",),
+}
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-TOKENS_PER_S_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+BUCKETS = {  # upper bounds of the histograms' buckets (+Inf added)
+    "tau": (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
+    "alpha": (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "request_seconds": SECONDS_BUCKETS,
+    "time_to_first_token_seconds": SECONDS_BUCKETS,
+    "queue_wait_seconds": SECONDS_BUCKETS,
+    "tokens_per_second": (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0),
+}
 
 
 class Histogram:
+    """Observed values counted per bucket (a value lands in the first bucket whose upper bound is >= it), with their
+    sum and count."""
+
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
-        self.counts = [0] * len(buckets)  # non-cumulative; made cumulative when rendered
+        self.counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative; the last one is +Inf
         self.sum = 0.0
         self.count = 0
 
     def observe(self, value: float) -> None:
-        i = bisect.bisect_left(self.buckets, value)
-        if i < len(self.buckets):
-            self.counts[i] += 1
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.count += 1
 
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in labels.values())
-    return "{" + ",".join(f'{k}="{v}"' for k, v in zip(labels, escaped, strict=True)) + "}"
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        cumulative = zip(bounds, itertools.accumulate(self.counts), strict=True)
+        return HistogramMetricFamily(name, help_text, buckets=list(cumulative), sum_value=self.sum)
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return "NaN" if math.isnan(value) else repr(float(value))
+def _initial(name: str) -> float | Histogram | dict[tuple[str, ...], float]:
+    if name in BUCKETS:
+        return Histogram(BUCKETS[name])
+    return defaultdict(int) if name in LABELS else 0
+
+
+def _family(name: str, value: float | Histogram | dict[tuple[str, ...], float]) -> Metric:
+    """The family `name` (without the prefix) holding `value`, as `_initial(name)` made it."""
+    full, help_text = f"{PREFIX}_{name}", HELP[name]
+    if isinstance(value, Histogram):
+        return value.family(full, help_text)
+    kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+    if name not in LABELS:
+        return kind(full, help_text, value=value)
+    family = kind(full, help_text, labels=LABELS[name])
+    for label_values, number in sorted(value.items()):
+        family.add_metric(label_values, number)
+    return family
 
 
 class ServerMetrics:
-    """Everything /metrics shows. `observe_request` per finished request, `observe_round` per learner round."""
+    """Everything /metrics shows (`values`: family name without the prefix -> number, `Histogram` or labelled
+    numbers). `observe_request` per finished request, `observe_round` per learner round; `render` is the exposition,
+    collected from `registry`: this server's own, never prometheus-client's global one."""
 
     def __init__(self, learner: str) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # `render` holds it while the registry calls `collect`
+        self.values = {name: _initial(name) for name in HELP}
+        self.values["learner_rounds_total"][(learner,)] = 0
         self.learner = learner
-        self.http = defaultdict(int)  # (path, status code) -> responses
-        self.finished = defaultdict(int)  # (finish reason, learned) -> requests
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.decode_seconds = 0.0
-        self.drafted = 0
-        self.accepted = 0
-        self.tau = Histogram(TAU_BUCKETS)
-        self.alpha = Histogram(ALPHA_BUCKETS)
-        self.latency = Histogram(SECONDS_BUCKETS)
-        self.ttft = Histogram(SECONDS_BUCKETS)
-        self.queue_wait = Histogram(SECONDS_BUCKETS)
-        self.tokens_per_s = Histogram(TOKENS_PER_S_BUCKETS)
-        self.last_tokens_per_s = 0.0
-        self.rounds = 0
-        self.updates = 0
-        self.update_seconds = 0.0
-        self.update_blocking_seconds = 0.0
-        self.learner_errors = 0
-        self.checkpoints = self.checkpoint_failures = 0  # copied from the session's status at each render
-        self.telemetry: dict[str, float] = {}  # last round's scalar learner telemetry (loss, grad_norm, ...)
-        self.hedge_weights: list[float] = []
+        self.latency: Histogram = self.values["request_seconds"]  # Worker.retry_after_s reads its mean
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
 
     def count_http(self, path: str, status: int) -> None:
         with self._lock:
-            self.http[(path, status)] += 1
+            self.values["http_responses_total"][(path, str(status))] += 1
 
     def observe_request(self, stats: dict, finish_reason: str, learned: bool, queue_s: float, ttft_s: float) -> None:
         """`stats`: RequestStats.to_dict() of a request that produced at least its first token."""
         with self._lock:
-            self.finished[(finish_reason, learned)] += 1
-            self.prompt_tokens += stats["prompt_tokens"]
-            self.completion_tokens += stats["new_tokens"]
-            self.decode_seconds += stats["wall_s"]
-            self.drafted += stats["drafted"]
-            self.accepted += stats["accepted"]
-            self.tau.observe(stats["tau"])
+            values = self.values
+            values["requests_total"][(finish_reason, str(learned).lower())] += 1
+            values["prompt_tokens_total"] += stats["prompt_tokens"]
+            values["completion_tokens_total"] += stats["new_tokens"]
+            values["decode_seconds_total"] += stats["wall_s"]
+            values["drafted_tokens_total"] += stats["drafted"]
+            values["accepted_tokens_total"] += stats["accepted"]
+            values["tau"].observe(stats["tau"])
             if stats["drafted"]:
-                self.alpha.observe(stats["alpha"])
-            self.latency.observe(queue_s + stats["wall_s"])
-            self.ttft.observe(ttft_s)
-            self.queue_wait.observe(queue_s)
-            self.tokens_per_s.observe(stats["tokens_per_s"])
-            self.last_tokens_per_s = stats["tokens_per_s"]
+                values["alpha"].observe(stats["alpha"])
+            values["request_seconds"].observe(queue_s + stats["wall_s"])
+            values["time_to_first_token_seconds"].observe(ttft_s)
+            values["queue_wait_seconds"].observe(queue_s)
+            values["tokens_per_second"].observe(stats["tokens_per_s"])
+            values["last_tokens_per_second"] = stats["tokens_per_s"]
 
     def observe_round(self, record: dict) -> None:
         """One round record of the learner session (`OnlineLearning.after_request`)."""
         with self._lock:
-            self.rounds += 1
+            values = self.values
+            values["learner_rounds_total"][(self.learner,)] += 1
             if "update_s" in record:
-                self.updates += 1
-                self.update_seconds += float(record["update_s"])
-            self.update_blocking_seconds += float(record.get("update_blocking_s", 0.0))
+                values["learner_updates_total"] += 1
+                values["learner_update_seconds_total"] += float(record["update_s"])
+            values["learner_update_blocking_seconds_total"] += float(record.get("update_blocking_s", 0.0))
             skip = {"round", "updated_round", "requests", "tokens", "positions", "update_s", "update_blocking_s"}
             skip.add("decode_s")
-            self.telemetry = {
-                k: float(v)
+            values["learner_telemetry"] = {
+                (k,): float(v)
                 for k, v in record.items()
                 if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)
             }
             if isinstance(record.get("weights"), list):
-                self.hedge_weights = [float(w) for w in record["weights"]]
+                values["learner_hedge_weight"] = {(str(i),): float(w) for i, w in enumerate(record["weights"])}
 
     def observe_checkpoints(self, written: int, failed: int) -> None:
         """The session's own counts of snapshots written and failed (SessionStatus), as of now."""
         with self._lock:
-            self.checkpoints, self.checkpoint_failures = written, failed
+            self.values["checkpoints_total"], self.values["checkpoint_failures_total"] = written, failed
 
     def count_learner_error(self) -> None:
         with self._lock:
-            self.learner_errors += 1
+            self.values["learner_errors_total"] += 1
 
-    def render(self, queue_depth: int, in_flight: int, draft_round: int) -> str:
-        out: list[str] = []
-
-        def family(name: str, kind: str, help_text: str, samples: list[tuple[str, dict, float]]) -> None:
-            out.append(f"# HELP {PREFIX}_{name} {help_text}")
-            out.append(f"# TYPE {PREFIX}_{name} {kind}")
-            for suffix, labels, value in samples:
-                out.append(f"{PREFIX}_{name}{suffix}{_labels(labels)} {_number(value)}")
-
-        def histogram(name: str, help_text: str, h: Histogram) -> None:
-            samples, running = [], 0
-            for bound, count in zip(h.buckets, h.counts, strict=True):
-                running += count
-                samples.append(("_bucket", {"le": _number(bound)}, running))
-            samples += [("_bucket", {"le": "+Inf"}, h.count), ("_sum", {}, h.sum), ("_count", {}, h.count)]
-            family(name, "histogram", help_text, samples)
-
+    def render(self, queue_depth: int, in_flight: int, draft_round: int) -> bytes:
+        """The exposition (media type `CONTENT_TYPE`) of every metric, with the worker's current numbers."""
         with self._lock:
-            family(
-                "http_responses_total",
-                "counter",
-                "HTTP responses by path and status code.",
-                [("", {"path": p, "code": str(c)}, n) for (p, c), n in sorted(self.http.items())],
-            )
-            family(
-                "requests_total",
-                "counter",
-                "Decoded requests by finish reason and whether the draft learned from them.",
-                [
-                    ("", {"finish_reason": r, "learned": str(learned).lower()}, n)
-                    for (r, learned), n in sorted(self.finished.items())
-                ],
-            )
-            family(
-                "prompt_tokens_total", "counter", "Prompt tokens of decoded requests.", [("", {}, self.prompt_tokens)]
-            )
-            family("completion_tokens_total", "counter", "Generated tokens.", [("", {}, self.completion_tokens)])
-            family("decode_seconds_total", "counter", "Wall time spent decoding.", [("", {}, self.decode_seconds)])
-            family("drafted_tokens_total", "counter", "Tokens proposed by the draft.", [("", {}, self.drafted)])
-            family("accepted_tokens_total", "counter", "Drafted tokens the target accepted.", [("", {}, self.accepted)])
-            histogram("tau", "Per request: new tokens per target forward (Spec-Bench tau).", self.tau)
-            histogram("alpha", "Per request: accepted / drafted tokens.", self.alpha)
-            histogram("request_seconds", "Queue wait plus decoding time of a request.", self.latency)
-            histogram("time_to_first_token_seconds", "From arrival to the first generated token.", self.ttft)
-            histogram("queue_wait_seconds", "Time a request waited for the decoder.", self.queue_wait)
-            histogram("tokens_per_second", "Per request: new tokens / decoding wall time.", self.tokens_per_s)
-            family(
-                "last_tokens_per_second", "gauge", "Tokens/s of the last request.", [("", {}, self.last_tokens_per_s)]
-            )
-            family("queue_depth", "gauge", "Requests waiting for the decoder.", [("", {}, queue_depth)])
-            family("in_flight", "gauge", "Requests being decoded (0 or 1).", [("", {}, in_flight)])
-            family(
-                "learner_rounds_total",
-                "counter",
-                "Finished learning rounds.",
-                [("", {"learner": self.learner}, self.rounds)],
-            )
-            family("learner_round", "gauge", "Round of the published draft.", [("", {}, draft_round)])
-            family("learner_updates_total", "counter", "Draft updates applied.", [("", {}, self.updates)])
-            family(
-                "learner_update_seconds_total",
-                "counter",
-                "Time spent in draft updates.",
-                [("", {}, self.update_seconds)],
-            )
-            family(
-                "learner_update_blocking_seconds_total",
-                "counter",
-                "Time decoding waited for an update at round boundaries.",
-                [("", {}, self.update_blocking_seconds)],
-            )
-            family("learner_errors_total", "counter", "Failed learning rounds.", [("", {}, self.learner_errors)])
-            family("checkpoints_total", "counter", "Draft-state snapshots written.", [("", {}, self.checkpoints)])
-            family(
-                "checkpoint_failures_total",
-                "counter",
-                "Draft-state snapshots that could not be written (the last good one stays on disk).",
-                [("", {}, self.checkpoint_failures)],
-            )
-            family(
-                "learner_telemetry",
-                "gauge",
-                "Last round's learner telemetry (loss, grad_norm, hint_error, tau, alpha, ...).",
-                [("", {"name": k}, v) for k, v in sorted(self.telemetry.items())],
-            )
-            family(
-                "learner_hedge_weight",
-                "gauge",
-                "Hedge weight of each expert of the ensemble learner.",
-                [("", {"expert": str(i)}, w) for i, w in enumerate(self.hedge_weights)],
-            )
-        return "\n".join(out) + "\n"
+            self.values.update(queue_depth=queue_depth, in_flight=in_flight, learner_round=draft_round)
+            return generate_latest(self.registry)
+
+    def collect(self) -> list[Metric]:
+        """prometheus-client's collector hook: every family, from the current values."""
+        with self._lock:
+            return [_family(name, value) for name, value in self.values.items()]
