@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def quiet_transformers() -> None:
@@ -27,3 +32,10 @@ def owned_directory(path: str | None, what: str) -> Iterator[None]:
 
     with DirectoryLock(path, what):
         yield
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
+    """`cls(...)` (a dataclass config) from the flags named like its fields; `values` give the fields whose flag
+    has another name or needs converting. Fields with neither keep their defaults."""
+    named = {f.name: getattr(args, f.name) for f in fields(cls) if f.init and hasattr(args, f.name)}
+    return cls(**{**named, **values})

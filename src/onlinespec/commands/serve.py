@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from onlinespec.commands.common import owned_directory, quiet_transformers
+from onlinespec.commands.common import config_from_args, owned_directory, quiet_transformers
 from onlinespec.commands.flags import (
     add_draft_flags,
     add_learning_flags,
@@ -126,22 +126,9 @@ def _run(args: argparse.Namespace) -> int:
                 log.info("restored draft state (round %d) from %s", restored, args.draft_state)
             else:
                 log.info("no draft state in %s yet: starting from the initial draft", args.draft_state)
-    settings = ServeSettings(
-        model_name=args.model_name or args.target,
-        k=args.k,
-        api_key=args.api_key,
-        max_body_bytes=args.max_body_bytes,
-        request_timeout_s=args.request_timeout,
-        max_tokens_limit=args.max_tokens_limit,
-        default_max_tokens=args.default_max_tokens,
-        max_request_tokens=args.max_request_tokens,
+    settings = config_from_args(
+        ServeSettings, args, model_name=args.model_name or args.target, request_timeout_s=args.request_timeout
     )
-    options = ServerOptions(
-        host=args.host,
-        port=args.port,
-        max_queue=args.max_queue,
-        shutdown_grace_s=args.shutdown_grace,
-        log_level=args.log_level,
-    )
+    options = config_from_args(ServerOptions, args, shutdown_grace_s=args.shutdown_grace)
     serve_pipeline(pipe, settings, options, learner=args.learner)
     return 0

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from onlinespec.commands.common import owned_directory
+from onlinespec.commands.common import config_from_args, owned_directory
 from onlinespec.commands.flags import add_model_flags
 from onlinespec.errors import UserError
 
@@ -68,26 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--seq-len, --batch-tokens, --top-k, --unroll and --minutes must be positive")
     if args.batch_tokens < args.seq_len:
         raise UserError("--batch-tokens must be at least --seq-len")
-    cfg = WarmupConfig(
-        out=args.out,
-        target=args.target,
-        kind=args.draft,
-        minutes=args.minutes,
-        steps=args.steps,
-        sources=tuple(sources),
-        answers=args.answers,
-        answer_tokens=args.answer_tokens,
-        corpus_tokens=args.corpus_tokens,
-        seq_len=args.seq_len,
-        batch_tokens=args.batch_tokens,
-        lr=args.lr,
-        unroll=args.unroll,
-        eagle_layout=args.eagle_layout,
-        draft_vocab=args.draft_vocab,
-        top_k=args.top_k,
-        seed=args.seed,
-        resume=args.resume,
-    )
+    cfg = config_from_args(WarmupConfig, args, kind=args.draft, sources=tuple(sources))
     record = run_warmup(cfg, command="onlinespec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     before, after = record["held_out_top1_agreement"].values()
     decoding = record["held_out_decoding"]
