@@ -114,6 +114,10 @@ def test_the_server_counts_checkpoint_failures_and_shuts_down_in_one_line(tmp_pa
     log = server.log()
     assert "Traceback" not in log
     assert sum("could not save the draft state" in line for line in log.splitlines()) == 1
+    about_state = [line for line in log.splitlines() if "draft state" in line]
+    assert all(line.startswith("onlinespec serve: ") for line in about_state), about_state  # the learner's too
+    shutdown = log[log.index("Shutting down") :].splitlines()
+    assert sum("draft state" in line for line in shutdown) == 1, shutdown  # the final save's failure: one line
     state.unlink()
     shutil.move(aside, state)
     assert load_state(state)[2]["round"] == 1

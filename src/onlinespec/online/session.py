@@ -226,7 +226,7 @@ class OnlineLearning:
         self._finish_saving()
         if self._cfg.state_dir:
             failures = self._checkpoint_failures
-            self._save(self._cfg.state_dir)
+            self._save(self._cfg.state_dir, warn=False)  # a failure is raised below: one message, not two
             if self._checkpoint_failures > failures:
                 raise UserError(
                     f"could not save the draft state to '{self._cfg.state_dir}' ({self._checkpoint_error}); "
@@ -267,10 +267,10 @@ class OnlineLearning:
             live.copy_(trained)
 
     # --- persistence -----------------------------------------------------------------------------------------
-    def _save(self, directory: str) -> None:
+    def _save(self, directory: str, warn: bool = True) -> None:
         named = dict(zip(self._draft.trainable, self._objective.parameters(), strict=True))
         self._last_saved_round = self._round
-        self._write_snapshot(directory, named, self._learner.state_dict(), self._info())
+        self._write_snapshot(directory, named, self._learner.state_dict(), self._info(), warn)
 
     def _info(self) -> dict:
         return {"round": self._round, "draft": self._draft.name, "config": _jsonable(asdict(self._cfg))}
@@ -286,14 +286,16 @@ class OnlineLearning:
         self._saver.start()
         self._last_saved_round = self._round
 
-    def _write_snapshot(self, directory: str, named: dict, learner_state: dict, info: dict) -> None:
+    def _write_snapshot(self, directory: str, named: dict, learner_state: dict, info: dict, warn: bool = True) -> None:
         """Write one snapshot (atomically: a failed write leaves the previous one intact). A failure is counted
-        and logged in one line, and decoding goes on; `close()` raises if its final write fails."""
+        and (with `warn`) logged in one line, and decoding goes on; `close()` raises if its final write fails."""
         try:
             save_state(directory, named, learner_state, info)
         except Exception as exc:  # disk full, permissions, a path taken by a file: counted, never swallowed
             self._checkpoint_failures += 1
             self._checkpoint_error = f"{type(exc).__name__}: {exc}"
+            if not warn:
+                return
             log.warning(
                 "could not write the draft state of round %d to %s (%s); %s",
                 info["round"],

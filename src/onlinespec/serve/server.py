@@ -23,9 +23,10 @@ log = logging.getLogger("onlinespec.serve")
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("onlinespec serve: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
+    for logger in (log, logging.getLogger("onlinespec.online")):  # the learner's checkpoint warnings too
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
 
 
 class GracefulServer(uvicorn.Server):
