@@ -75,9 +75,15 @@ def _me() -> dict:
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200],
+        "command": " ".join([_program(), *sys.argv[1:]])[:200],
         "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
     }
+
+
+def _program() -> str:
+    """The name a user typed: `python -m onlinespec` runs as .../onlinespec/__main__.py."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return "onlinespec" if name == "__main__.py" else name
 
 
 def _read_owner(fd: int) -> str:
