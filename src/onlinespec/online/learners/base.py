@@ -134,7 +134,7 @@ class BaseLearner:
     def update(self, grad_fn: GradFn) -> dict:
         raise NotImplementedError
 
-    def make_preconditioner(self) -> Preconditioner:
+    def new_preconditioner(self) -> Preconditioner:
         """A fresh per-coordinate step of kind cfg.step over the params (preconditioner.py)."""
         return make_preconditioner(self.cfg.step, self.params, self.cfg.eps, self.cfg.adam_betas)
 

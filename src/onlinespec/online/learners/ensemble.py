@@ -70,7 +70,7 @@ class EnsembleLearner(BaseLearner):
         super().__init__(params, cfg)
         self.lrs = expert_lrs(cfg)
         self.experts = [snapshot(self.params) for _ in self.lrs]  # w_{1,i} = w_0
-        self.preconds = [self.make_preconditioner() for _ in self.lrs]
+        self.preconds = [self.new_preconditioner() for _ in self.lrs]
         self.cumulative_losses = [0.0] * cfg.experts  # L_i
         self.loss_range = 0.0  # B_t
         self.p = hedge_weights(self.cumulative_losses, cfg.gamma)  # p_1 uniform

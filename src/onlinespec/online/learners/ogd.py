@@ -26,7 +26,7 @@ class OGDLearner(BaseLearner):
 
     def __init__(self, params: Iterable[torch.Tensor], cfg: LearnerConfig) -> None:
         super().__init__(params, cfg)
-        self.precond = self.make_preconditioner()
+        self.precond = self.new_preconditioner()
 
     def update(self, grad_fn: GradFn) -> dict:
         cfg = self.cfg

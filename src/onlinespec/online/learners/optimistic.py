@@ -38,7 +38,7 @@ class OptimisticLearner(BaseLearner):
         super().__init__(params, cfg)
         self.anchor = snapshot(self.params)  # v_1 = w_0
         self.hint = [torch.zeros_like(p) for p in self.params]  # h_1 = 0
-        self.precond = self.make_preconditioner()
+        self.precond = self.new_preconditioner()
 
     def update(self, grad_fn: GradFn) -> dict:
         cfg = self.cfg
