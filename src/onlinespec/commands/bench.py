@@ -60,7 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated, must include ar; from {','.join(METHODS)} (default: the preset's)",
+        help=f"comma-separated, must include ar; from {','.join(METHODS)}, or a learner with its own settings, "
+        "LEARNER[-STEP][@FIELD=VALUE]..., e.g. ogd-adam@lr=5e-4 (default: the preset's)",
     )
     add_model_flags(bench)
     add_draft_flags(bench, k_help="drafted tokens per verify step (default: the preset's)")

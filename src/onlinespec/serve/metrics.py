@@ -15,6 +15,15 @@ SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 TOKENS_PER_S_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 
 
+# Last round's learner figures with a gauge of their own (all scalars are also in learner_telemetry{name=...}).
+ROUND_GAUGES = {
+    "loss": "Last round's loss at the draft it decoded with (w_t), on that round's feedback.",
+    "loss_after": "Last round's loss after its update (w_{t+1}), on the same feedback.",
+    "oov_rate": "Fraction of last round's positions whose target top-1 token is outside the draft vocabulary.",
+    "update_norm_ratio": "||w_{t+1} - w_t|| / ||w_t|| of last round's update.",
+}
+
+
 class Histogram:
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
@@ -71,6 +80,7 @@ class ServerMetrics:
         self.checkpoints = 0
         self.telemetry: dict[str, float] = {}  # last round's scalar learner telemetry (loss, grad_norm, ...)
         self.hedge_weights: list[float] = []
+        self.expert_losses: list[float] = []
 
     def count_http(self, path: str, status: int) -> None:
         with self._lock:
@@ -113,6 +123,8 @@ class ServerMetrics:
             }
             if isinstance(record.get("weights"), list):
                 self.hedge_weights = [float(w) for w in record["weights"]]
+            if isinstance(record.get("expert_losses"), list):
+                self.expert_losses = [float(x) for x in record["expert_losses"]]
 
     def count_learner_error(self) -> None:
         with self._lock:
@@ -203,4 +215,13 @@ class ServerMetrics:
                 "Hedge weight of each expert of the ensemble learner.",
                 [("", {"expert": str(i)}, w) for i, w in enumerate(self.hedge_weights)],
             )
+            family(
+                "learner_expert_loss",
+                "gauge",
+                "Last round's loss of each expert of the ensemble learner (at its own iterate).",
+                [("", {"expert": str(i)}, x) for i, x in enumerate(self.expert_losses)],
+            )
+            for key, help_text in ROUND_GAUGES.items():
+                if key in self.telemetry:
+                    family(f"learner_{key}", "gauge", help_text, [("", {}, self.telemetry[key])])
         return "\n".join(out) + "\n"
