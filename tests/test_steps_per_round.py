@@ -224,3 +224,20 @@ def test_a_position_whose_target_top1_is_outside_the_vocabulary_contributes_noth
     loss2, grads2 = masked.grad_fn([only_in_vocab])(params)
     assert loss == loss2 and all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))
     assert DraftObjective(draft, model, mask_oov=False).loss_at([ex], params) != masked.loss_at([ex], params)
+
+
+def test_metrics_show_the_round_gauges_and_expert_losses() -> None:
+    from onlinespec.serve.metrics import ServerMetrics
+
+    metrics = ServerMetrics("ensemble")
+    record = {"round": 1, "loss": 2.5, "loss_after": 2.0, "oov_rate": 0.25, "update_norm_ratio": 1e-3}
+    metrics.observe_round({**record, "weights": [0.5, 0.5], "expert_losses": [2.4, 2.6]}, saved=False)
+    text = metrics.render(queue_depth=0, in_flight=0, draft_round=1)
+    for line in (
+        "onlinespec_learner_loss 2.5",
+        "onlinespec_learner_loss_after 2.0",
+        "onlinespec_learner_oov_rate 0.25",
+        "onlinespec_learner_update_norm_ratio 0.001",
+        'onlinespec_learner_expert_loss{expert="1"} 2.6',
+    ):
+        assert line in text.splitlines()

@@ -3,6 +3,7 @@
 onlinespec bench --preset quick                  # ~3 min on 2 CPU cores: 24 prompts, ar vs static vs ogd
 onlinespec bench --preset full --out runs/full   # ~35 min: 120 prompts over six domains, all five methods
 onlinespec bench --preset full --out runs/full --resume      # continue after an interruption
+onlinespec bench --preset adapt --out runs/adapt              # a domain the bundled head never saw: learning shows
 onlinespec bench --prompts my.jsonl --methods ar,static,ogd  # your prompts: {"prompt": ...} or {"messages": [...]}
 """
 
