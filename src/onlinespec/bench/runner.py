@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from onlinespec.bench.checkpoint import Checkpoint
+from onlinespec.bench.methods import method_config, split_method
 from onlinespec.bench.prompts import Prompt, Stream
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.metrics import RequestStats
@@ -34,7 +35,7 @@ from onlinespec.prompting import encode_prompt
 
 WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up costs don't land on the first method
 REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
-METHODS = (REFERENCE, *LEARNERS)
+METHODS = (REFERENCE, *LEARNERS)  # the plain names; a learner may also carry settings (bench/methods.py)
 _PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
 # Fields of the online session's round record that the benchmark's own round record replaces.
 _SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}
@@ -84,13 +85,27 @@ class BenchSettings:
 
 
 def check_methods(methods: tuple[str, ...]) -> None:
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and not _is_learner_variant(m)]
     if unknown:
-        raise UserError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+        raise UserError(
+            f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}, or a learner with settings "
+            "such as ogd-adam or ogd-adam@lr=5e-4 (LEARNER[-STEP][@FIELD=VALUE]...)"
+        )
+    for method in methods:
+        if method != REFERENCE:
+            method_config(method, OnlineConfig())  # a bad setting fails now, before any model loads
     if len(set(methods)) != len(methods):
         raise UserError(f"a method is listed twice in {','.join(methods)}")
     if REFERENCE not in methods:
         raise UserError(f"--methods must include {REFERENCE}: it is the reference for speedup and greedy equality")
+
+
+def _is_learner_variant(method: str) -> bool:
+    try:
+        split_method(method)
+    except UserError:
+        return False
+    return True
 
 
 def stream_digest(prompts: tuple[Prompt, ...]) -> str:
@@ -224,12 +239,12 @@ class BenchRunner:
             return pipe
         pipe = Pipeline(target, make_draft(s.draft, target, s.dtype))
         pipe.start(warmup_ids, warmup, mode="spec").result()
-        learns = method != "static"  # static never changes its draft: nothing to save or restore
+        method_cfg = method_config(method, s.online)
+        learns = method_cfg.learner != "static"  # static never changes its draft: nothing to save or restore
         saved_round = int(self.progress["state_rounds"].get(method, 0))
         state_dir = self.checkpoint.prepare_state(method, saved_round) if learns else None
         cfg = replace(
-            s.online,
-            learner=method,
+            method_cfg,
             round_requests=s.round_size,
             round_tokens=0,
             schedule="sync",

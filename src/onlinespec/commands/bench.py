@@ -3,6 +3,7 @@
 onlinespec bench --preset quick                  # ~3 min on 2 CPU cores: 24 prompts, ar vs static vs ogd
 onlinespec bench --preset full --out runs/full   # ~35 min: 120 prompts over six domains, all five methods
 onlinespec bench --preset full --out runs/full --resume      # continue after an interruption
+onlinespec bench --preset adapt --out runs/adapt              # a domain the bundled head never saw: learning shows
 onlinespec bench --prompts my.jsonl --methods ar,static,ogd  # your prompts: {"prompt": ...} or {"messages": [...]}
 """
 
@@ -60,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated, must include ar; from {','.join(METHODS)} (default: the preset's)",
+        help=f"comma-separated, must include ar; from {','.join(METHODS)}, or a learner with its own settings, "
+        "LEARNER[-STEP][@FIELD=VALUE]..., e.g. ogd-adam@lr=5e-4 (default: the preset's)",
     )
     add_model_flags(bench)
     add_draft_flags(bench, k_help="drafted tokens per verify step (default: the preset's)")

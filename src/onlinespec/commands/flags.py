@@ -58,7 +58,8 @@ def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "
     """Flags of the online learner (docs/method.md §2), shared by every command that decodes. Returns their group,
     to which `add_session_flags` adds the flags of a long-running session; without those, the session settings
     are OnlineConfig's defaults."""
-    from onlinespec.online.learners import LEARNERS, LearnerConfig
+    from onlinespec.online.learners import LEARNERS, PRECONDITIONERS, LearnerConfig
+    from onlinespec.online.learners.base import HEDGE_RATES, LR_GRIDS
     from onlinespec.online.losses import LOSSES
     from onlinespec.online.session import SCHEDULES, OnlineConfig
 
@@ -111,6 +112,84 @@ def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "
         type=float,
         default=LearnerConfig.weight_decay,
         help="adamw ablation: decoupled weight decay (default: %(default)s)",
+    )
+    group.add_argument(
+        "--step",
+        choices=PRECONDITIONERS,
+        default=LearnerConfig.step,
+        help="per-coordinate step of ogd, optimistic and the ensemble's experts: sgd = the textbook rule "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--eps", type=float, default=LearnerConfig.eps, help="adagrad/adam: D = sqrt(.) + eps (default: %(default)s)"
+    )
+    group.add_argument(
+        "--adam-betas",
+        type=float,
+        nargs=2,
+        default=LearnerConfig.adam_betas,
+        metavar=("BETA1", "BETA2"),
+        help="--step adam: moment decay rates (default: %(default)s)",
+    )
+    group.add_argument(
+        "--hint-ema",
+        type=float,
+        default=LearnerConfig.hint_ema,
+        help="optimistic: hint = EMA of the gradients with this decay, 0 = the last gradient (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lr-grid",
+        choices=LR_GRIDS,
+        default=LearnerConfig.lr_grid,
+        help="ensemble: up = lr * ratio**i; centred = lr in the middle of the grid (default: %(default)s)",
+    )
+    group.add_argument(
+        "--hedge-rate",
+        choices=HEDGE_RATES,
+        default=LearnerConfig.hedge_rate,
+        help="ensemble: fixed = --gamma; anytime = gamma * sqrt(8 ln N / t) / loss range (default: %(default)s)",
+    )
+    group.add_argument(
+        "--share",
+        type=float,
+        default=LearnerConfig.share,
+        help="ensemble: fixed-share mixing of the Hedge weights each round, 0 = off (default: %(default)s)",
+    )
+    group.add_argument(
+        "--batch-requests",
+        type=int,
+        default=OnlineConfig.batch_requests,
+        help="requests per mini-batch of a round's update, 0 = the whole round in one (default: %(default)s)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=OnlineConfig.epochs,
+        help="passes of a round's update over its mini-batches (default: %(default)s)",
+    )
+    group.add_argument(
+        "--replay-positions",
+        type=int,
+        default=OnlineConfig.replay_positions,
+        help="replay earlier rounds' feedback, at most this many positions, 0 = no replay (default: %(default)s)",
+    )
+    group.add_argument(
+        "--unroll",
+        type=int,
+        default=OnlineConfig.unroll,
+        help="EAGLE passes trained per request, 0 = the k it drafted with (default: %(default)s)",
+    )
+    group.add_argument(
+        "--mask-oov",
+        action=argparse.BooleanOptionalAction,
+        default=OnlineConfig.mask_oov,
+        help="skip positions whose target top-1 token is outside the draft vocabulary (default: %(default)s)",
+    )
+    group.add_argument(
+        "--loss-after",
+        action=argparse.BooleanOptionalAction,
+        default=OnlineConfig.loss_after,
+        help="evaluate each round's loss again after its update, telemetry (default: %(default)s)",
     )
     group.add_argument("--loss", choices=LOSSES, default="forward_kl", help="(default: %(default)s)")
     group.add_argument(
@@ -182,6 +261,13 @@ def online_config_from_args(args: argparse.Namespace):
             momentum=args.momentum,
             betas=tuple(args.betas),
             weight_decay=args.weight_decay,
+            step=args.step,
+            eps=args.eps,
+            adam_betas=tuple(args.adam_betas),
+            hint_ema=args.hint_ema,
+            lr_grid=args.lr_grid,
+            hedge_rate=args.hedge_rate,
+            share=args.share,
         ),
         round_requests=args.round_size,
         round_tokens=args.round_tokens,
@@ -195,6 +281,12 @@ def online_config_from_args(args: argparse.Namespace):
         save_in_background=args.save_in_background,
         wait_for_update=args.wait_for_update,
         telemetry=args.telemetry,
+        batch_requests=args.batch_requests,
+        epochs=args.epochs,
+        replay_positions=args.replay_positions,
+        unroll=args.unroll,
+        mask_oov=args.mask_oov,
+        loss_after=args.loss_after,
     )
 
 

@@ -29,17 +29,23 @@ class EagleHead(nn.Module):
     """Trainable: `fc` and `layer`. Shared with the target and frozen: embed, norm, rotary, the LM head."""
 
     kind = "eagle"
-    layout_keys: tuple[str, ...] = ("layout",)  # constructor settings stored in config.json
+    layout_keys: tuple[str, ...] = ("layout", "unroll")  # constructor settings stored in config.json
     LAYOUTS = ("onlinespec", "eagle1")
 
-    def __init__(self, target: nn.Module, vocab_ids: torch.Tensor | None = None, layout: str = "onlinespec") -> None:
+    def __init__(
+        self, target: nn.Module, vocab_ids: torch.Tensor | None = None, layout: str = "onlinespec", unroll: int = 1
+    ) -> None:
         super().__init__()
         if layout not in self.LAYOUTS:
             raise ValueError(f"unknown EAGLE head layout '{layout}': choose one of {', '.join(self.LAYOUTS)}")
+        if unroll < 1:
+            raise ValueError(f"an EAGLE head's unroll must be >= 1, got {unroll}")
         self.layout = layout
         # Training-time unrolling (EAGLE-3's "training-time test"): pass i > 0 feeds the head its own outputs of
-        # pass i-1 as features, as drafting ahead does; pass i's loss is weighted 0.8^i.
-        self.unroll = 1
+        # pass i-1 as features, as drafting ahead does; pass i's loss is weighted 0.8^i. Warm-up sets it and it is
+        # stored in config.json (heads saved before it was stored load with 1); online learning trains each request
+        # with the k it drafted with instead (online/session.py OnlineConfig.unroll).
+        self.unroll = unroll
         config = target.config
         base = decoder_of(target)
         d = config.hidden_size
@@ -60,7 +66,7 @@ class EagleHead(nn.Module):
 
     def store_config(self) -> dict:
         """Layout settings saved beside the weights (drafts/head_store.py)."""
-        return {"layout": self.layout}
+        return {"layout": self.layout, "unroll": self.unroll}
 
     def step(self, features, next_ids, positions, cache=None, mask=None) -> torch.Tensor:
         """features [B, q, d], next_ids [B, q], positions [B, q] -> head outputs g [B, q, d] (pre-norm)."""
@@ -83,22 +89,28 @@ class EagleHead(nn.Module):
     @property
     def offsets(self) -> tuple[int, ...]:
         """Output i at step t matches the target's p at position t + offsets[i] (every pass predicts x_{t+2})."""
-        return (1,) * self.unroll
+        return self.unrolled_terms(self.unroll)[0]
 
     @property
     def loss_weights(self) -> tuple[float, ...]:
-        return tuple(0.8**i for i in range(self.unroll))
+        return self.unrolled_terms(self.unroll)[1]
 
-    def forward(self, features: torch.Tensor, next_ids: torch.Tensor) -> list[torch.Tensor]:
+    @staticmethod
+    def unrolled_terms(unroll: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(offsets, loss weights) of a teacher-forced call with `unroll` passes: (1,) * n and 0.8^i."""
+        return (1,) * unroll, tuple(0.8**i for i in range(unroll))
+
+    def forward(self, features: torch.Tensor, next_ids: torch.Tensor, unroll: int | None = None) -> list[torch.Tensor]:
         """Teacher-forced training pass. features [B, T, d] = f_0..f_{T-1}; next_ids [B, T] = x_1..x_T.
 
-        Returns `unroll` tensors [B, T, Vd]: row t predicts x_{t+2}, i.e. matches the target's p at t + 1.
+        Returns `unroll` (default: self.unroll) tensors [B, T, Vd]: row t predicts x_{t+2}, i.e. matches the target's
+        p at t + 1.
         """
         length = features.shape[1]
         positions = torch.arange(length)[None].expand(features.shape[0], -1)
         mask = causal_mask(length, features.dtype)
         outputs = []
-        for _ in range(self.unroll):
+        for _ in range(self.unroll if unroll is None else unroll):
             hidden = self.step(features, next_ids, positions, mask=mask)
             outputs.append(self.draft_logits(hidden))
             # next pass: step t sees the head's own estimate g_{t-1} of f_t (step 0 keeps the real f_0)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from onlinespec.drafts.head_protocol import Head
+from onlinespec.drafts.head_protocol import Head, UnrolledHead
 from onlinespec.online.feedback_buffer import RequestExamples
 from onlinespec.online.trainable_draft import ExampleTerm
 
@@ -19,15 +19,22 @@ def head_example_terms(head: Head, call: Callable[..., object], ex: RequestExamp
     ex: RequestExamples with the target's features; its position j carries the target's p for token j + 1.
     The head runs teacher-forced over steps t = 0..m-1 (features f_t, next tokens x_{t+1}); its output i at
     step t matches position t + head.offsets[i]. Returns [(weight, logits [P_i, Vd], example rows)].
+    An UnrolledHead (EAGLE) runs `ex.unroll` passes when it is > 0 (the k the request drafted with, weights 0.8^i),
+    else its own `unroll`; depth heads (Medusa, Hydra) always train every head depth.
     """
     if ex.features is None or not ex.pred_index:
         return []
     m = min(max(ex.pred_index), ex.features.shape[0], ex.context_ids.numel() - 1)
     if m < 1:
         return []
-    outputs = call(features=ex.features[None, :m], next_ids=ex.context_ids[None, 1 : m + 1])
+    offsets, weights = head.offsets, head.loss_weights
+    kwargs = {}
+    if isinstance(head, UnrolledHead) and ex.unroll > 0:  # train what was drafted: as many passes as drafted tokens
+        offsets, weights = head.unrolled_terms(ex.unroll)
+        kwargs["unroll"] = ex.unroll
+    outputs = call(features=ex.features[None, :m], next_ids=ex.context_ids[None, 1 : m + 1], **kwargs)
     terms = []
-    for out, offset, weight in zip(outputs, head.offsets, head.loss_weights, strict=True):
+    for out, offset, weight in zip(outputs, offsets, weights, strict=True):
         rows = [r for r, j in enumerate(ex.pred_index) if 0 <= j - offset < out.shape[1]]
         if rows:
             terms.append((weight, out[0, [ex.pred_index[r] - offset for r in rows]], rows))

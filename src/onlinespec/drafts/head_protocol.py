@@ -66,6 +66,12 @@ class Head(Protocol):
 @runtime_checkable
 class UnrolledHead(Head, Protocol):
     """A head trained on its own outputs for `unroll` passes (EAGLE's training-time test): `len(offsets)`
-    follows `unroll`, which warm-up sets before training."""
+    follows `unroll`, which warm-up sets before training (and the head store keeps). Its teacher-forced call also
+    takes `unroll=n` (n passes, whatever the attribute), whose terms `unrolled_terms(n)` gives: online learning
+    trains each request as deep as it drafted."""
 
     unroll: int
+
+    def unrolled_terms(self, unroll: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(offsets, loss_weights) of the teacher-forced call with `unroll` passes."""
+        ...

@@ -8,6 +8,7 @@ target model is never called here.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch.func import functional_call
@@ -31,40 +32,80 @@ def training_copy(model: torch.nn.Module, trainable: list[str]) -> torch.nn.Modu
 
 
 class DraftObjective:
-    """model: a training copy of draft.model; the draft says how an example becomes logits (`example_terms`)."""
+    """model: a training copy of draft.model; the draft says how an example becomes logits (`example_terms`).
 
-    def __init__(self, draft, model: torch.nn.Module, loss: str = "forward_kl") -> None:
+    unroll > 0 trains every request of an unrolled head (EAGLE) with that many passes; 0 = as many as the request
+    drafted (RequestExamples.unroll). mask_oov drops the positions whose target top-1 token the draft's vocabulary
+    lacks (a reduced vocabulary): the head cannot emit it, and their p mass would only push q towards arbitrary
+    in-vocabulary tokens through the tail bucket. The per-token mean is over the positions kept.
+    """
+
+    def __init__(
+        self, draft, model: torch.nn.Module, loss: str = "forward_kl", unroll: int = 0, mask_oov: bool = True
+    ) -> None:
         self.draft = draft
         self.model = model
         self.names = draft.trainable
         self.loss = loss
+        self.unroll = unroll
+        self.mask_oov = mask_oov
 
     def parameters(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())
         return [named[n] for n in self.names]
 
+    def in_vocab(self, ex: RequestExamples) -> list[bool]:
+        """Per position of `ex`: whether the draft's vocabulary holds the target's top-1 token (argmax of p)."""
+        if not ex.top_ids:
+            return []
+        top1 = torch.stack([ids[probs.argmax()] for ids, probs in zip(ex.top_ids, ex.top_probs, strict=True)])
+        return (self.draft.draft_ids(top1) >= 0).tolist()
+
+    def oov_rate(self, examples: list[RequestExamples]) -> float:
+        """Fraction of the examples' positions whose target top-1 token lies outside the draft's vocabulary."""
+        flags = [ok for ex in examples for ok in self.in_vocab(ex)]
+        return flags.count(False) / len(flags) if flags else 0.0
+
+    def _loss(self, examples: list[RequestExamples], params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-token mean divergence (0-dim) of `examples` at parameter values `params`."""
+
+        def call(**kwargs):
+            return functional_call(self.model, params, args=(), kwargs=kwargs)
+
+        total, positions = torch.zeros(()), 0
+        for ex in examples:
+            if self.unroll > 0:
+                ex = replace(ex, unroll=self.unroll)
+            keep = self.in_vocab(ex) if self.mask_oov else [True] * len(ex.pred_index)
+            positions += sum(keep)
+            for weight, logits, rows in self.draft.example_terms(call, ex):
+                # logits [P, Vd] for the examples' positions `rows`; top ids mapped into the draft vocab
+                chosen = [j for j, r in enumerate(rows) if keep[r]]
+                if not chosen:
+                    continue
+                if len(chosen) < len(rows):
+                    logits, rows = logits[chosen], [rows[j] for j in chosen]
+                top_ids = self.draft.draft_ids(torch.stack([ex.top_ids[r] for r in rows]))
+                top_probs = torch.stack([ex.top_probs[r] for r in rows])
+                tail = torch.tensor([ex.tail[r] for r in rows])
+                total = total + weight * divergence(logits, top_ids, top_probs, tail, self.loss)
+        return total / max(positions, 1)
+
     def grad_fn(self, examples: list[RequestExamples]) -> GradFn:
-        """The oracle for one round's examples: values -> (per-token mean divergence, gradients)."""
-        positions = sum(len(e.pred_index) for e in examples)
+        """The oracle for one round's (or mini-batch's) examples: values -> (per-token mean divergence, gradients)."""
 
         def evaluate(values: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
             leaves = [v.detach().requires_grad_(True) for v in values]
-            params = dict(zip(self.names, leaves, strict=True))
             with torch.enable_grad():
-                total = torch.zeros(())
-
-                def call(**kwargs):
-                    return functional_call(self.model, params, args=(), kwargs=kwargs)
-
-                for ex in examples:
-                    for weight, logits, rows in self.draft.example_terms(call, ex):
-                        # logits [P, Vd] for the examples' positions `rows`; top ids mapped into the draft vocab
-                        top_ids = self.draft.draft_ids(torch.stack([ex.top_ids[r] for r in rows]))
-                        top_probs = torch.stack([ex.top_probs[r] for r in rows])
-                        tail = torch.tensor([ex.tail[r] for r in rows])
-                        total = total + weight * divergence(logits, top_ids, top_probs, tail, self.loss)
-                loss = total / max(positions, 1)
+                loss = self._loss(examples, dict(zip(self.names, leaves, strict=True)))
+                if not loss.requires_grad:  # nothing to learn from (every position masked): a zero gradient
+                    return float(loss.detach()), [torch.zeros_like(v) for v in values]
                 grads = torch.autograd.grad(loss, leaves)
             return float(loss.detach()), list(grads)
 
         return evaluate
+
+    @torch.no_grad()
+    def loss_at(self, examples: list[RequestExamples], values: list[torch.Tensor]) -> float:
+        """The loss alone (no gradient) of `examples` at `values`: telemetry (loss before/after an update)."""
+        return float(self._loss(examples, dict(zip(self.names, [v.detach() for v in values], strict=True))))

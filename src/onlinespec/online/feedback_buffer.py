@@ -31,6 +31,7 @@ class RequestExamples:
     top_probs: list[torch.Tensor] = field(default_factory=list)  # each float32 [K]
     tail: list[float] = field(default_factory=list)  # target mass outside the kept ids
     features: torch.Tensor | None = None  # [L', d] target features of committed positions (head drafts only)
+    unroll: int = 0  # the most tokens one verify step of this request drafted (k): an unrolled head trains so deep
 
 
 class FeedbackBuffer:
@@ -73,6 +74,7 @@ class FeedbackBuffer:
         if features is not None and (entry.features is None or features.shape[0] > entry.features.shape[0]):
             # a view of the engine's per-request feature buffer (committed rows never change); cloned in drain()
             entry.features = features
+        entry.unroll = max(entry.unroll, k)
         for j, row in enumerate(rows):
             entry.pred_index.append(record.first_position + row)
             entry.top_ids.append(top_ids[j].clone())
@@ -110,4 +112,5 @@ def _ordinary(r: RequestExamples) -> RequestExamples:
         top_probs=[t.clone() for t in r.top_probs],
         tail=r.tail,
         features=None if r.features is None else r.features.clone(),
+        unroll=r.unroll,
     )

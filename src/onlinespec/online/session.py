@@ -31,8 +31,10 @@ from onlinespec.decoding.metrics import RequestStats
 from onlinespec.errors import UserError
 from onlinespec.online.draft_objective import DraftObjective, training_copy
 from onlinespec.online.feedback_buffer import FeedbackBuffer
-from onlinespec.online.learners import LearnerConfig, make_learner
+from onlinespec.online.learners import LearnerConfig, make_learner, relative_change
+from onlinespec.online.learners.base import snapshot
 from onlinespec.online.losses import LOSSES
+from onlinespec.online.replay import ReplayBuffer, minibatches
 from onlinespec.online.state_store import load_state, save_state
 from onlinespec.online.trainable_draft import TrainableDraft
 
@@ -58,6 +60,16 @@ class OnlineConfig:
     # request, so decoding never waits for an update (rounds may then grow beyond round_requests/round_tokens).
     wait_for_update: bool = True
     telemetry: str | None = None  # JSON lines, one per round
+    # Several steps per round (online/replay.py): the round's update runs `epochs` passes over its training set (the
+    # replayed requests, then the round's own) in mini-batches of `batch_requests` requests (0 = one batch), each
+    # mini-batch one learner update of LearnerConfig.passes steps; earlier rounds' feedback is replayed from a
+    # buffer of at most `replay_positions` positions (0 = no replay). Defaults: one update on the round: as before.
+    batch_requests: int = 0
+    epochs: int = 1
+    replay_positions: int = 0
+    unroll: int = 0  # EAGLE passes trained per request: 0 = the k the request drafted with; n > 0 = n
+    mask_oov: bool = True  # drop positions whose target top-1 token is outside the draft vocabulary
+    loss_after: bool = True  # evaluate the round's loss again after its update (telemetry, on the clock)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -68,6 +80,12 @@ class OnlineConfig:
             raise UserError("a round needs round_requests >= 1 or round_tokens >= 1")
         if self.save_every < 1:
             raise UserError(f"save_every must be >= 1, got {self.save_every}")
+        if self.batch_requests < 0 or self.epochs < 1 or self.replay_positions < 0 or self.unroll < 0:
+            raise UserError(
+                "need batch_requests >= 0 (0 = the whole round), epochs >= 1, replay_positions >= 0 (0 = no replay) "
+                f"and unroll >= 0 (0 = as drafted); got {self.batch_requests}, {self.epochs}, {self.replay_positions}, "
+                f"{self.unroll}"
+            )
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,10 @@ class OnlineLearning:
             engine.add_listener(self._on_feedback)
         named_live = dict(draft.model.named_parameters())
         self._live = [named_live[n] for n in draft.trainable]
-        self._objective = DraftObjective(draft, training_copy(draft.model, draft.trainable), cfg.loss)
+        self._objective = DraftObjective(
+            draft, training_copy(draft.model, draft.trainable), cfg.loss, cfg.unroll, cfg.mask_oov
+        )
+        self._replay = ReplayBuffer(cfg.replay_positions)
         self._learner = make_learner(cfg.learner, self._objective.parameters(), cfg.learner_cfg)
         self._round = 0
         self._counters = RequestStats.zero()  # the open round's requests, summed
@@ -238,11 +259,33 @@ class OnlineLearning:
     def _update(self, examples) -> dict:
         if not examples:
             return {"update_s": 0.0, "skipped": "no feedback this round"}
+        cfg, objective = self._cfg, self._objective
         tic = time.perf_counter()
-        telemetry = self._learner.update(self._objective.grad_fn(examples))
+        params = objective.parameters()
+        before = snapshot(params)
+        replayed = self._replay.examples()  # rounds < t only: this round joins the buffer after its update
+        steps = minibatches(replayed + examples, cfg.batch_requests, cfg.epochs)
+        # The round's loss at w_t: the first step's when that step is the round itself, else one more evaluation.
+        loss_before = None if len(steps) == 1 and not replayed else objective.loss_at(examples, params)
+        results = [self._learner.update(objective.grad_fn(batch)) for batch in steps]
+        telemetry = dict(results[-1])  # the state the round ends in (ensemble weights, ...)
+        telemetry["grad_norm"] = results[0]["grad_norm"]  # at w_t, on the first mini-batch
+        telemetry["loss"] = results[0]["loss"] if loss_before is None else loss_before
+        if len(steps) > 1:
+            telemetry["update_norm_ratio"] = relative_change(before, params)  # the whole round's ||dw|| / ||w||
+        if cfg.loss_after:
+            telemetry["loss_after"] = objective.loss_at(examples, params)  # w_{t+1} on the same feedback
+        self._replay.add(examples)
         elapsed = time.perf_counter() - tic
         self._update_s += elapsed
-        return {**telemetry, "update_s": elapsed}
+        return {
+            **telemetry,
+            "steps": len(steps),
+            "oov_rate": objective.oov_rate(examples),
+            "replay_positions": self._replay.size,
+            "replay_bytes": self._replay.nbytes,
+            "update_s": elapsed,
+        }
 
     def _background_update(self, examples) -> None:
         try:
@@ -270,7 +313,15 @@ class OnlineLearning:
     def _save(self, directory: str, warn: bool = True) -> None:
         named = dict(zip(self._draft.trainable, self._objective.parameters(), strict=True))
         self._last_saved_round = self._round
-        self._write_snapshot(directory, named, self._learner.state_dict(), self._info(), warn)
+        self._write_snapshot(directory, named, self._learner_state(), self._info(), warn)
+
+    def _learner_state(self) -> dict:
+        """The learner's state, plus the replay buffer's requests when there is one (shared tensors: never
+        modified once buffered, so a background write sees them as they were)."""
+        state = self._learner.state_dict()
+        if self._cfg.replay_positions:
+            state["replay"] = self._replay.state_dict()
+        return state
 
     def _info(self) -> dict:
         return {"round": self._round, "draft": self._draft.name, "config": _jsonable(asdict(self._cfg))}
@@ -281,7 +332,7 @@ class OnlineLearning:
         self._finish_saving()
         trainable = self._draft.trainable
         named = {n: p.detach().clone() for n, p in zip(trainable, self._objective.parameters(), strict=True)}
-        args = (directory, named, self._learner.state_dict(), self._info())
+        args = (directory, named, self._learner_state(), self._info())
         self._saver = threading.Thread(target=self._write_snapshot, args=args, daemon=True)
         self._saver.start()
         self._last_saved_round = self._round
@@ -322,7 +373,10 @@ class OnlineLearning:
                 f"draft state in '{directory}' was saved for draft '{info.get('draft')}', not '{self._draft.name}': "
                 "use another --draft-state directory"
             )
+        replay = learner_state.pop("replay", None)
         self._learner.load_state_dict(learner_state)
+        if replay is not None and self._cfg.replay_positions:
+            self._replay.load_state_dict(replay)
         self._round = int(info["round"])
         self._last_saved_round = self._last_good_round = self._round
         self._publish()

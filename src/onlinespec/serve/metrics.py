@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import threading
 from collections import defaultdict
 
@@ -41,13 +42,21 @@ HELP = {  # every family /metrics shows, in order; a name ending in _total is a 
     "checkpoint_failures_total": "Draft-state snapshots that could not be written (the last good one stays on disk).",
     "learner_telemetry": "Last round's learner telemetry (loss, grad_norm, hint_error, tau, alpha, ...).",
     "learner_hedge_weight": "Hedge weight of each expert of the ensemble learner.",
+    "learner_expert_loss": "Last round's loss of each expert of the ensemble learner (at its own iterate).",
+    # last round's figures with a gauge of their own (every scalar is also in learner_telemetry{name=...})
+    "learner_loss": "Last round's loss at the draft it decoded with (w_t), on that round's feedback.",
+    "learner_loss_after": "Last round's loss after its update (w_{t+1}), on the same feedback.",
+    "learner_oov_rate": "Fraction of last round's positions whose target top-1 is outside the draft vocabulary.",
+    "learner_update_norm_ratio": "||w_{t+1} - w_t|| / ||w_t|| of last round's update.",
 }
+ROUND_GAUGES = ("loss", "loss_after", "oov_rate", "update_norm_ratio")  # record keys -> learner_<key>
 LABELS = {  # label names of the labelled families, whose values are {tuple of label values: number}
     "http_responses_total": ("path", "code"),
     "requests_total": ("finish_reason", "learned"),
     "learner_rounds_total": ("learner",),
     "learner_telemetry": ("name",),
     "learner_hedge_weight": ("expert",),
+    "learner_expert_loss": ("expert",),
 }
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BUCKETS = {  # upper bounds of the histograms' buckets (+Inf added)
@@ -110,6 +119,7 @@ class ServerMetrics:
         self._lock = threading.RLock()  # `render` holds it while the registry calls `collect`
         self.values = {name: _initial(name) for name in HELP}
         self.values["learner_rounds_total"][(learner,)] = 0
+        self.values.update({f"learner_{key}": math.nan for key in ROUND_GAUGES})  # none before the first round
         self.learner = learner
         self.latency: Histogram = self.values["request_seconds"]  # Worker.retry_after_s reads its mean
         self.registry = CollectorRegistry()
@@ -154,8 +164,13 @@ class ServerMetrics:
                 for k, v in record.items()
                 if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)
             }
-            if isinstance(record.get("weights"), list):
-                values["learner_hedge_weight"] = {(str(i),): float(w) for i, w in enumerate(record["weights"])}
+            for key in ("weights", "expert_losses"):
+                if isinstance(record.get(key), list):
+                    name = "learner_hedge_weight" if key == "weights" else "learner_expert_loss"
+                    values[name] = {(str(i),): float(x) for i, x in enumerate(record[key])}
+            for key in ROUND_GAUGES:
+                if isinstance(record.get(key), int | float):
+                    values[f"learner_{key}"] = float(record[key])
 
     def observe_checkpoints(self, written: int, failed: int) -> None:
         """The session's own counts of snapshots written and failed (SessionStatus), as of now."""

@@ -1,7 +1,9 @@
 """Online learners of the draft's parameters (docs/method.md §2), and `make_learner` which builds one by name.
 
 Paper's learners: `static` (baseline, no update), `ogd`, `optimistic` (optimistic OGD), `ensemble` (Hedge over
-OGD experts). Ablations, NOT the paper's rules: `sgd-momentum`, `adamw`.
+OGD experts). `LearnerConfig.step` gives ogd, optimistic and the ensemble's experts a per-coordinate step
+(`sgd` = the textbook rule, `adagrad`, `adam`; preconditioner.py). Ablations, NOT the paper's rules:
+`sgd-momentum`, `adamw`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ import torch
 from onlinespec.errors import UserError
 from onlinespec.online.learners.ablations import AdamWLearner, SGDMomentumLearner
 from onlinespec.online.learners.base import BaseLearner, GradFn, Learner, LearnerConfig
-from onlinespec.online.learners.ensemble import EnsembleLearner, hedge_weights
+from onlinespec.online.learners.ensemble import EnsembleLearner, expert_lrs, fixed_share, hedge_weights
 from onlinespec.online.learners.ogd import OGDLearner
 from onlinespec.online.learners.optimistic import OptimisticLearner
-from onlinespec.online.learners.projection import clip_by_global_norm, global_norm, project, projected_step
+from onlinespec.online.learners.preconditioner import PRECONDITIONERS, Preconditioner, make_preconditioner
+from onlinespec.online.learners.projection import (
+    clip_by_global_norm,
+    global_norm,
+    project,
+    projected_step,
+    relative_change,
+)
 from onlinespec.online.learners.static import StaticLearner
 
 LEARNERS: dict[str, type[BaseLearner]] = {
@@ -34,6 +43,7 @@ def make_learner(name: str, params: Iterable[torch.Tensor], cfg: LearnerConfig |
 
 __all__ = [
     "LEARNERS",
+    "PRECONDITIONERS",
     "AdamWLearner",
     "BaseLearner",
     "EnsembleLearner",
@@ -42,12 +52,17 @@ __all__ = [
     "LearnerConfig",
     "OGDLearner",
     "OptimisticLearner",
+    "Preconditioner",
     "SGDMomentumLearner",
     "StaticLearner",
     "clip_by_global_norm",
+    "expert_lrs",
+    "fixed_share",
     "global_norm",
     "hedge_weights",
     "make_learner",
+    "make_preconditioner",
     "project",
     "projected_step",
+    "relative_change",
 ]

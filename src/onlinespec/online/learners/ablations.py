@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from onlinespec.online.learners.base import BaseLearner, GradFn, LearnerConfig, assign, restore, snapshot
-from onlinespec.online.learners.projection import project
+from onlinespec.online.learners.projection import project, relative_change
 
 ADAMW_EPS = 1e-8  # torch.optim.AdamW's default
 
@@ -32,9 +32,11 @@ class SGDMomentumLearner(BaseLearner):
         self.buf = [torch.zeros_like(p) for p in self.params]
 
     def update(self, grad_fn: GradFn) -> dict:
+        before = snapshot(self.params)
         loss, norm = self.run_passes(grad_fn, self._momentum_step)
         self.round += 1
-        return {"round": self.round, "loss": loss, "grad_norm": norm}
+        change = relative_change(before, self.params)
+        return {"round": self.round, "loss": loss, "grad_norm": norm, "update_norm_ratio": change}
 
     @torch.no_grad()
     def _momentum_step(self, grads: list[torch.Tensor]) -> None:
@@ -70,9 +72,11 @@ class AdamWLearner(BaseLearner):
         self.step = 0
 
     def update(self, grad_fn: GradFn) -> dict:
+        before = snapshot(self.params)
         loss, norm = self.run_passes(grad_fn, self._adamw_step)
         self.round += 1
-        return {"round": self.round, "loss": loss, "grad_norm": norm, "step": self.step}
+        change = relative_change(before, self.params)
+        return {"round": self.round, "loss": loss, "grad_norm": norm, "step": self.step, "update_norm_ratio": change}
 
     @torch.no_grad()
     def _adamw_step(self, grads: list[torch.Tensor]) -> None:

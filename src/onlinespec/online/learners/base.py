@@ -15,12 +15,17 @@ from typing import Protocol
 import torch
 
 from onlinespec.errors import UserError
+from onlinespec.online.learners.preconditioner import PRECONDITIONERS, Preconditioner, make_preconditioner
 from onlinespec.online.learners.projection import clip_by_global_norm
 
 GradFn = Callable[[list[torch.Tensor]], tuple[float, list[torch.Tensor]]]
 """grad_fn(values) -> (loss, grads): the round's per-token-normalised loss and its gradient at parameter values
 `values` (same shapes/dtypes as the learner's params). It must not modify `values`. Learners call it with grad
 mode as the caller left it (never inside torch.no_grad), so it may use autograd; they detach what it returns."""
+
+
+LR_GRIDS = ("up", "centred")
+HEDGE_RATES = ("fixed", "anytime")
 
 
 @dataclass
@@ -37,6 +42,14 @@ class LearnerConfig:
     momentum: float = 0.9  # sgd-momentum ablation
     betas: tuple[float, float] = (0.9, 0.999)  # adamw ablation
     weight_decay: float = 0.0  # adamw ablation
+    # adaptive steps (docs/method.md §2, "Adaptive versions"; preconditioner.py) for ogd, optimistic and ensemble
+    step: str = "sgd"  # per-coordinate step D^-1: sgd (identity, textbook OGD) | adagrad | adam
+    eps: float = 1e-8  # adagrad/adam: D = sqrt(.) + eps
+    adam_betas: tuple[float, float] = (0.9, 0.95)  # step=adam (the paper's EAGLE-3 online code); `betas` is adamw's
+    hint_ema: float = 0.0  # optimistic hint h <- hint_ema h + (1 - hint_ema) g; 0 = the last gradient
+    lr_grid: str = "up"  # ensemble grid: up = lr * lr_ratio**i; centred = lr * lr_ratio**(i - (experts - 1) / 2)
+    hedge_rate: str = "fixed"  # fixed = gamma; anytime = gamma * sqrt(8 ln N / t) / B_t (B_t: max expert-loss spread)
+    share: float = 0.0  # ensemble fixed-share mixing p <- (1 - share) p + share / N each round; 0 = off
 
     def __post_init__(self) -> None:
         checks = [
@@ -50,6 +63,16 @@ class LearnerConfig:
             (0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})"),
             (all(0 <= b < 1 for b in self.betas), f"betas must both be in [0, 1) (got {self.betas})"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
+            (self.step in PRECONDITIONERS, f"step must be one of {', '.join(PRECONDITIONERS)} (got {self.step!r})"),
+            (self.eps > 0, f"eps must be > 0 (got {self.eps})"),
+            (all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must both be in [0, 1) (got {self.adam_betas})"),
+            (0 <= self.hint_ema < 1, f"hint_ema must be in [0, 1), 0 = last gradient (got {self.hint_ema})"),
+            (self.lr_grid in LR_GRIDS, f"lr_grid must be one of {', '.join(LR_GRIDS)} (got {self.lr_grid!r})"),
+            (
+                self.hedge_rate in HEDGE_RATES,
+                f"hedge_rate must be one of {', '.join(HEDGE_RATES)} (got {self.hedge_rate!r})",
+            ),
+            (0 <= self.share <= 1, f"share must be in [0, 1], 0 turns fixed-share off (got {self.share})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -110,6 +133,10 @@ class BaseLearner:
 
     def update(self, grad_fn: GradFn) -> dict:
         raise NotImplementedError
+
+    def new_preconditioner(self) -> Preconditioner:
+        """A fresh per-coordinate step of kind cfg.step over the params (preconditioner.py)."""
+        return make_preconditioner(self.cfg.step, self.params, self.cfg.eps, self.cfg.adam_betas)
 
     def run_passes(self, grad_fn: GradFn, step: Callable[[list[torch.Tensor]], None]) -> tuple[float, float]:
         """cfg.passes steps on one round's feedback, each re-evaluating the clipped gradient at the current params

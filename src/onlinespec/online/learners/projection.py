@@ -70,3 +70,12 @@ def projected_step(
     """One projected gradient step Pi(w - lr * g) (new tensors; `values` untouched)."""
     stepped = [v - lr * g for v, g in zip(values, grads, strict=True)]
     return project(stepped, center, radius)
+
+
+@torch.no_grad()
+def relative_change(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> float | None:
+    """||after - before|| / ||before|| over all tensors jointly (update_norm_ratio); None when ||before|| = 0."""
+    base = global_norm(before)
+    if base == 0:
+        return None
+    return global_norm([a - b for a, b in zip(after, before, strict=True)]) / base

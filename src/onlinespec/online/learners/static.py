@@ -19,4 +19,9 @@ class StaticLearner(BaseLearner):
     def update(self, grad_fn: GradFn) -> dict:
         loss, grads = grad_fn(self.params)
         self.round += 1
-        return {"round": self.round, "loss": float(loss), "grad_norm": global_norm([g.detach() for g in grads])}
+        return {
+            "round": self.round,
+            "loss": float(loss),
+            "grad_norm": global_norm([g.detach() for g in grads]),
+            "update_norm_ratio": 0.0,
+        }

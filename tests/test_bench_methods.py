@@ -1,0 +1,66 @@
+"""Bench methods that carry learner settings (bench/methods.py) and the adaptation presets (issue 11.6)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import save_tiny_model_dir
+from test_bench import settings_for, write_prompts
+
+from onlinespec.bench import run_bench
+from onlinespec.bench.methods import method_config, split_method
+from onlinespec.bench.presets import PRESETS
+from onlinespec.bench.prompts import load_prompts, parse_stream_name
+from onlinespec.errors import UserError
+from onlinespec.online.learners import LearnerConfig
+from onlinespec.online.session import OnlineConfig
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "park", "big", "red", "ball", "and", "then"]
+
+
+def test_a_method_name_carries_a_step_and_settings() -> None:
+    base = OnlineConfig(schedule="sync", learner_cfg=LearnerConfig(lr=0.1))
+    assert split_method("ogd") == ("ogd", None, [])
+    assert split_method("sgd-momentum") == ("sgd-momentum", None, [])
+    cfg = method_config("ogd-adam", base)
+    assert cfg.learner == "ogd" and cfg.learner_cfg.step == "adam" and cfg.learner_cfg.lr == 0.1
+    cfg = method_config("ensemble-adagrad@lr=5e-4@lr_grid=centred@share=0.05@epochs=2@mask_oov=false", base)
+    assert (cfg.learner, cfg.learner_cfg.step, cfg.learner_cfg.lr) == ("ensemble", "adagrad", 5e-4)
+    assert (cfg.learner_cfg.lr_grid, cfg.learner_cfg.share, cfg.epochs, cfg.mask_oov) == ("centred", 0.05, 2, False)
+    assert method_config("ogd@adam_betas=0.8/0.9", base).learner_cfg.adam_betas == (0.8, 0.9)
+    assert base.learner_cfg.step == "sgd" and base.epochs == 1  # the run's config is not changed
+    for bad, message in [
+        ("ogd-rmsprop", "unknown method"),
+        ("ogd@lr", "is not FIELD=VALUE"),
+        ("ogd@schedule=overlap", "unknown setting 'schedule'"),
+        ("ogd@lr=fast", "cannot read 'fast'"),
+        ("ogd@lr=-1", "lr must be > 0"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            method_config(bad, base)
+
+
+def test_adapt_presets_stream_unseen_domains_for_long_enough() -> None:
+    warmed = {"humaneval", "spider", "finance"}  # the bundled head's warm-up (plus the CPython stdlib)
+    for name, min_rounds in (("adapt", 15), ("adapt-shift", 10)):
+        preset = PRESETS[name]
+        base_name, domains = parse_stream_name(preset.stream)
+        domains = domains or (base_name,)
+        assert not set(domains) & warmed
+        assert preset.num_prompts // len(domains) // preset.round_size >= min_rounds
+        base = OnlineConfig(schedule="sync", learner_cfg=LearnerConfig(lr=0.1))
+        learners = {method_config(m, base).learner_cfg.step for m in preset.methods if m != "ar"}
+        assert {"sgd", "adam"} <= learners and "static" in preset.methods
+
+
+def test_bench_runs_variants_and_records_the_new_telemetry(tmp_path) -> None:
+    save_tiny_model_dir(tmp_path / "model", WORDS)
+    write_prompts(tmp_path / "prompts.jsonl", n=4)
+    variant = "ogd-adam@lr=1e-3@batch_requests=1@epochs=2@replay_positions=64"
+    settings = settings_for(tmp_path, methods=("ar", "static", variant))
+    run_bench(settings, load_prompts(str(tmp_path / "prompts.jsonl")), tmp_path / "out", show_progress=False)
+    rounds = [json.loads(line) for line in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    learned = [r for r in rounds if r["method"] == variant]
+    assert len(learned) == 2 and all(r["steps"] >= 4 and "loss_after" in r and r["oov_rate"] == 0 for r in learned)
+    assert learned[1]["steps"] > learned[0]["steps"]  # round 2 replays round 1
