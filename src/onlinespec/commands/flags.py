@@ -7,6 +7,9 @@ Heavy modules (torch, transformers) are imported inside the functions, so import
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
 
 LEARNING_RATE = 0.1  # OGD step on the clipped gradient; 1.0 was unstable on the embedded model (README)
 TARGET_HELP = "target model spec (default: %(default)s)"
@@ -54,14 +57,144 @@ def tree_config_from_args(args: argparse.Namespace):
     return TreeConfig(kind=args.tree, depth=args.tree_depth, top_k=args.tree_top_k, total_tokens=args.tree_tokens)
 
 
+@dataclass(frozen=True)
+class ConfigFlag:
+    """A flag that sets one field of LearnerConfig (`config="learner"`) or OnlineConfig (`config="online"`). Its
+    type and default come from the field (a bool becomes --flag/--no-flag, a pair takes two numbers); `default`
+    overrides the field's default for the CLI, `options` are further add_argument keywords (choices, metavar)."""
+
+    config: str
+    field: str
+    help: str
+    flag: str = ""  # the flag's name when it is not --field-with-dashes
+    default: Any = None  # the CLI's default when it differs from the field's (None: the field's)
+    options: dict = dataclass_field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.flag or "--" + self.field.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+
+SESSION_FIELDS = ("save_every", "save_in_background", "wait_for_update")  # serve's own flags (add_session_flags)
+
+
+def learning_flags() -> tuple[ConfigFlag, ...]:
+    """Every learning flag but --learner, in help order; one entry per config field (tests check all are here)."""
+    from onlinespec.online.feedback_buffer import POSITION_MODES
+    from onlinespec.online.learners import PRECONDITIONERS
+    from onlinespec.online.learners.base import HEDGE_RATES, LR_GRIDS
+    from onlinespec.online.losses import LOSSES
+    from onlinespec.online.session import SCHEDULES
+
+    L, O = "learner", "online"  # noqa: E741, N806
+    pair, positions = {"metavar": ("BETA1", "BETA2")}, {"choices": POSITION_MODES}
+    return (
+        ConfigFlag(L, "lr", "eta", default=LEARNING_RATE),
+        ConfigFlag(O, "round_requests", "requests per round", flag="--round-size"),
+        ConfigFlag(O, "round_tokens", "if > 0, a round ends after this many new tokens instead"),
+        ConfigFlag(L, "passes", "gradient steps per round"),
+        ConfigFlag(L, "clip", "global gradient-norm clip, 0 = off"),
+        ConfigFlag(L, "radius", "project onto this L2 ball around the warm start, 0 = off"),
+        ConfigFlag(L, "experts", "ensemble size"),
+        ConfigFlag(L, "lr_ratio", "ensemble: expert i steps with lr * ratio**i"),
+        ConfigFlag(L, "gamma", "Hedge rate"),
+        ConfigFlag(L, "momentum", "sgd-momentum ablation"),
+        ConfigFlag(L, "betas", "adamw ablation: moment decay rates", options=pair),
+        ConfigFlag(L, "weight_decay", "adamw ablation: decoupled weight decay"),
+        ConfigFlag(
+            L,
+            "step",
+            "per-coordinate step of ogd, optimistic and the ensemble's experts: sgd = the textbook rule",
+            options={"choices": PRECONDITIONERS},
+        ),
+        ConfigFlag(L, "eps", "adagrad/adam: D = sqrt(.) + eps"),
+        ConfigFlag(L, "adam_betas", "--step adam: moment decay rates", options=pair),
+        ConfigFlag(L, "hint_ema", "optimistic: hint = EMA of the gradients with this decay, 0 = the last gradient"),
+        ConfigFlag(
+            L,
+            "lr_grid",
+            "ensemble: up = lr * ratio**i; centred = lr in the middle of the grid",
+            options={"choices": LR_GRIDS},
+        ),
+        ConfigFlag(
+            L,
+            "hedge_rate",
+            "ensemble: fixed = --gamma; anytime = gamma * sqrt(8 ln N / t) / loss range",
+            options={"choices": HEDGE_RATES},
+        ),
+        ConfigFlag(L, "share", "ensemble: fixed-share mixing of the Hedge weights each round, 0 = off"),
+        ConfigFlag(O, "batch_requests", "requests per mini-batch of a round's update, 0 = the whole round in one"),
+        ConfigFlag(O, "epochs", "passes of a round's update over its mini-batches"),
+        ConfigFlag(
+            O, "replay_positions", "replay earlier rounds' feedback, at most this many positions, 0 = no replay"
+        ),
+        ConfigFlag(O, "unroll", "EAGLE passes trained per request, 0 = the k it drafted with"),
+        ConfigFlag(O, "mask_oov", "skip positions whose target top-1 token is outside the draft vocabulary"),
+        ConfigFlag(O, "loss_after", "evaluate each round's loss again after its update, telemetry"),
+        ConfigFlag(O, "loss", "", options={"choices": LOSSES}),
+        ConfigFlag(
+            O,
+            "positions",
+            "verified positions to learn from",
+            flag="--train-positions",
+            options=positions,
+        ),
+        ConfigFlag(O, "top_k", "entries of p kept per position, 0 = full", flag="--feedback-top-k"),
+        ConfigFlag(
+            O,
+            "max_positions",
+            "feedback buffer bound: positions kept, the oldest dropped first",
+            flag="--feedback-max-positions",
+        ),
+        ConfigFlag(O, "schedule", "", options={"choices": SCHEDULES}),
+        ConfigFlag(
+            O,
+            "state_dir",
+            "load the evolving draft and learner from DIR and save them there",
+            flag="--draft-state",
+            options={"metavar": "DIR"},
+        ),
+        ConfigFlag(O, "telemetry", "append per-round JSON lines to FILE", options={"metavar": "FILE"}),
+        ConfigFlag(O, "save_every", "save the draft state every N rounds", flag="--checkpoint-every"),
+        ConfigFlag(O, "save_in_background", "copy the draft state at the round boundary, write it in a thread"),
+        ConfigFlag(
+            O,
+            "wait_for_update",
+            "overlap schedule: a round boundary waits for a running update; if not, the boundary is postponed "
+            "and decoding never waits",
+        ),
+    )
+
+
+def _add(group: argparse._ArgumentGroup, flag: ConfigFlag, default: Any = MISSING) -> None:
+    """Declare `flag` with its field's type and default (or `default`)."""
+    from onlinespec.online.learners import LearnerConfig
+    from onlinespec.online.session import OnlineConfig
+
+    config = LearnerConfig if flag.config == "learner" else OnlineConfig
+    if default is MISSING:
+        default = flag.default if flag.default is not None else getattr(config, flag.field)
+    kwargs: dict[str, Any] = {"default": default, **flag.options}
+    if isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif isinstance(default, tuple):
+        kwargs.update(type=float, nargs=len(default))
+    elif default is not None and "choices" not in flag.options:
+        kwargs["type"] = type(default)
+    suffix = " (default: %(default)s)" if default is not None else ""
+    group.add_argument(flag.name, help=(flag.help + suffix).strip(), **kwargs)
+
+
 def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "static") -> argparse._ArgumentGroup:
     """Flags of the online learner (docs/method.md §2), shared by every command that decodes. Returns their group,
     to which `add_session_flags` adds the flags of a long-running session; without those, the session settings
     are OnlineConfig's defaults."""
-    from onlinespec.online.learners import LEARNERS, PRECONDITIONERS, LearnerConfig
-    from onlinespec.online.learners.base import HEDGE_RATES, LR_GRIDS
-    from onlinespec.online.losses import LOSSES
-    from onlinespec.online.session import SCHEDULES, OnlineConfig
+    from onlinespec.online.learners import LEARNERS
+    from onlinespec.online.session import OnlineConfig
 
     group = parser.add_argument_group("online learning of the draft")
     group.add_argument(
@@ -70,177 +203,22 @@ def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "
         default=default_learner,
         help="static = no learning; sgd-momentum and adamw are ablations (default: %(default)s)",
     )
-    group.add_argument("--lr", type=float, default=LEARNING_RATE, help="eta (default: %(default)s)")
-    group.add_argument("--round-size", type=int, default=8, help="requests per round (default: %(default)s)")
-    group.add_argument(
-        "--round-tokens",
-        type=int,
-        default=0,
-        help="if > 0, a round ends after this many new tokens instead (default: %(default)s)",
-    )
-    group.add_argument("--passes", type=int, default=1, help="gradient steps per round (default: %(default)s)")
-    group.add_argument(
-        "--clip", type=float, default=1.0, help="global gradient-norm clip, 0 = off (default: %(default)s)"
-    )
-    group.add_argument(
-        "--radius",
-        type=float,
-        default=0.0,
-        help="project onto this L2 ball around the warm start, 0 = off (default: %(default)s)",
-    )
-    group.add_argument("--experts", type=int, default=3, help="ensemble size (default: %(default)s)")
-    group.add_argument(
-        "--lr-ratio",
-        type=float,
-        default=LearnerConfig.lr_ratio,
-        help="ensemble: expert i steps with lr * ratio**i (default: %(default)s)",
-    )
-    group.add_argument("--gamma", type=float, default=1.0, help="Hedge rate (default: %(default)s)")
-    group.add_argument(
-        "--momentum", type=float, default=LearnerConfig.momentum, help="sgd-momentum ablation (default: %(default)s)"
-    )
-    group.add_argument(
-        "--betas",
-        type=float,
-        nargs=2,
-        default=LearnerConfig.betas,
-        metavar=("BETA1", "BETA2"),
-        help="adamw ablation: moment decay rates (default: %(default)s)",
-    )
-    group.add_argument(
-        "--weight-decay",
-        type=float,
-        default=LearnerConfig.weight_decay,
-        help="adamw ablation: decoupled weight decay (default: %(default)s)",
-    )
-    group.add_argument(
-        "--step",
-        choices=PRECONDITIONERS,
-        default=LearnerConfig.step,
-        help="per-coordinate step of ogd, optimistic and the ensemble's experts: sgd = the textbook rule "
-        "(default: %(default)s)",
-    )
-    group.add_argument(
-        "--eps", type=float, default=LearnerConfig.eps, help="adagrad/adam: D = sqrt(.) + eps (default: %(default)s)"
-    )
-    group.add_argument(
-        "--adam-betas",
-        type=float,
-        nargs=2,
-        default=LearnerConfig.adam_betas,
-        metavar=("BETA1", "BETA2"),
-        help="--step adam: moment decay rates (default: %(default)s)",
-    )
-    group.add_argument(
-        "--hint-ema",
-        type=float,
-        default=LearnerConfig.hint_ema,
-        help="optimistic: hint = EMA of the gradients with this decay, 0 = the last gradient (default: %(default)s)",
-    )
-    group.add_argument(
-        "--lr-grid",
-        choices=LR_GRIDS,
-        default=LearnerConfig.lr_grid,
-        help="ensemble: up = lr * ratio**i; centred = lr in the middle of the grid (default: %(default)s)",
-    )
-    group.add_argument(
-        "--hedge-rate",
-        choices=HEDGE_RATES,
-        default=LearnerConfig.hedge_rate,
-        help="ensemble: fixed = --gamma; anytime = gamma * sqrt(8 ln N / t) / loss range (default: %(default)s)",
-    )
-    group.add_argument(
-        "--share",
-        type=float,
-        default=LearnerConfig.share,
-        help="ensemble: fixed-share mixing of the Hedge weights each round, 0 = off (default: %(default)s)",
-    )
-    group.add_argument(
-        "--batch-requests",
-        type=int,
-        default=OnlineConfig.batch_requests,
-        help="requests per mini-batch of a round's update, 0 = the whole round in one (default: %(default)s)",
-    )
-    group.add_argument(
-        "--epochs",
-        type=int,
-        default=OnlineConfig.epochs,
-        help="passes of a round's update over its mini-batches (default: %(default)s)",
-    )
-    group.add_argument(
-        "--replay-positions",
-        type=int,
-        default=OnlineConfig.replay_positions,
-        help="replay earlier rounds' feedback, at most this many positions, 0 = no replay (default: %(default)s)",
-    )
-    group.add_argument(
-        "--unroll",
-        type=int,
-        default=OnlineConfig.unroll,
-        help="EAGLE passes trained per request, 0 = the k it drafted with (default: %(default)s)",
-    )
-    group.add_argument(
-        "--mask-oov",
-        action=argparse.BooleanOptionalAction,
-        default=OnlineConfig.mask_oov,
-        help="skip positions whose target top-1 token is outside the draft vocabulary (default: %(default)s)",
-    )
-    group.add_argument(
-        "--loss-after",
-        action=argparse.BooleanOptionalAction,
-        default=OnlineConfig.loss_after,
-        help="evaluate each round's loss again after its update, telemetry (default: %(default)s)",
-    )
-    group.add_argument("--loss", choices=LOSSES, default="forward_kl", help="(default: %(default)s)")
-    group.add_argument(
-        "--train-positions",
-        choices=("all", "mismatch"),
-        default="all",
-        help="verified positions to learn from (default: %(default)s)",
-    )
-    group.add_argument(
-        "--feedback-top-k", type=int, default=64, help="entries of p kept per position, 0 = full (default: %(default)s)"
-    )
-    group.add_argument(
-        "--feedback-max-positions",
-        type=int,
-        default=OnlineConfig.max_positions,
-        help="feedback buffer bound: positions kept, the oldest dropped first (default: %(default)s)",
-    )
-    group.add_argument("--schedule", choices=SCHEDULES, default="overlap", help="(default: %(default)s)")
-    group.add_argument(
-        "--draft-state",
-        default=None,
-        metavar="DIR",
-        help="load the evolving draft and learner from DIR and save them there",
-    )
-    group.add_argument("--telemetry", default=None, metavar="FILE", help="append per-round JSON lines to FILE")
-    parser.set_defaults(
-        checkpoint_every=OnlineConfig.save_every,
-        save_in_background=OnlineConfig.save_in_background,
-        wait_for_update=OnlineConfig.wait_for_update,
-    )
+    session = []
+    for flag in learning_flags():
+        if flag.field in SESSION_FIELDS:
+            session.append(flag)
+        else:
+            _add(group, flag)
+    parser.set_defaults(**{flag.dest: getattr(OnlineConfig, flag.field) for flag in session})
     return group
 
 
 def add_session_flags(group: argparse._ArgumentGroup, save_in_background: bool, wait_for_update: bool) -> None:
     """Flags of a long-running learning session (serve): save cadence, background saving, waiting for updates."""
-    group.add_argument(
-        "--checkpoint-every", type=int, default=1, help="save the draft state every N rounds (default: %(default)s)"
-    )
-    group.add_argument(
-        "--save-in-background",
-        action=argparse.BooleanOptionalAction,
-        default=save_in_background,
-        help="copy the draft state at the round boundary, write it in a thread (default: %(default)s)",
-    )
-    group.add_argument(
-        "--wait-for-update",
-        action=argparse.BooleanOptionalAction,
-        default=wait_for_update,
-        help="overlap schedule: a round boundary waits for a running update; if not, the boundary is postponed "
-        "and decoding never waits (default: %(default)s)",
-    )
+    defaults = {"save_every": 1, "save_in_background": save_in_background, "wait_for_update": wait_for_update}
+    for flag in learning_flags():
+        if flag.field in SESSION_FIELDS:
+            _add(group, flag, defaults[flag.field])
 
 
 def online_config_from_args(args: argparse.Namespace):
@@ -248,46 +226,11 @@ def online_config_from_args(args: argparse.Namespace):
     from onlinespec.online.learners import LearnerConfig
     from onlinespec.online.session import OnlineConfig
 
-    return OnlineConfig(
-        learner=args.learner,
-        learner_cfg=LearnerConfig(
-            lr=args.lr,
-            clip=args.clip,
-            radius=args.radius,
-            passes=args.passes,
-            experts=args.experts,
-            lr_ratio=args.lr_ratio,
-            gamma=args.gamma,
-            momentum=args.momentum,
-            betas=tuple(args.betas),
-            weight_decay=args.weight_decay,
-            step=args.step,
-            eps=args.eps,
-            adam_betas=tuple(args.adam_betas),
-            hint_ema=args.hint_ema,
-            lr_grid=args.lr_grid,
-            hedge_rate=args.hedge_rate,
-            share=args.share,
-        ),
-        round_requests=args.round_size,
-        round_tokens=args.round_tokens,
-        loss=args.loss,
-        positions=args.train_positions,
-        top_k=args.feedback_top_k,
-        max_positions=args.feedback_max_positions,
-        schedule=args.schedule,
-        state_dir=args.draft_state,
-        save_every=args.checkpoint_every,
-        save_in_background=args.save_in_background,
-        wait_for_update=args.wait_for_update,
-        telemetry=args.telemetry,
-        batch_requests=args.batch_requests,
-        epochs=args.epochs,
-        replay_positions=args.replay_positions,
-        unroll=args.unroll,
-        mask_oov=args.mask_oov,
-        loss_after=args.loss_after,
-    )
+    values: dict[str, dict[str, Any]] = {"learner": {}, "online": {}}
+    for flag in learning_flags():
+        value = getattr(args, flag.dest)
+        values[flag.config][flag.field] = tuple(value) if isinstance(value, list) else value
+    return OnlineConfig(learner=args.learner, learner_cfg=LearnerConfig(**values["learner"]), **values["online"])
 
 
 def wants_learning(args: argparse.Namespace) -> bool:
