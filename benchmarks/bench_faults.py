@@ -72,37 +72,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_tiny_model(path: Path, seed: int = 0) -> None:
-    """A loadable model dir: a 4-layer Llama (hidden 32) with peaked random weights and a word-level tokenizer over
-    WORDS without an end-of-sequence token, so every answer runs to max_tokens."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A tiny random Llama (onlinespec/models/tiny.py) with a word-level tokenizer over WORDS and no
+    end-of-sequence token, so every answer runs to max_tokens."""
+    from onlinespec.models.tiny import save_tiny_model_dir
 
-    vocab = {w: i for i, w in enumerate(["<unk>", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # larger than default weights: peaked, input-dependent distributions
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5 / p.shape[1] ** 0.25)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tiny_model_dir(path, WORDS, seed=seed, eos=False)
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from onlinespec.decoding.autoregressive import autoregressive_stream
 from onlinespec.decoding.config import GenerationConfig
@@ -14,31 +14,7 @@ from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.drafts.causal_lm import CausalLMDraft
-
-
-def tiny_llama(seed: int = 0, vocab: int = 96, layers: int = 4, hidden: int = 32) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    model = LlamaForCausalLM(config).eval()
-    # Larger-than-default weights give peaked, input-dependent distributions (default init is nearly uniform).
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5 / p.shape[1] ** 0.25)
-    model.requires_grad_(False)
-    return model
+from onlinespec.models.tiny import save_tiny_model_dir, tiny_llama  # noqa: F401  (re-exported to the tests)
 
 
 def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
@@ -72,20 +48,6 @@ def draft_of(model: torch.nn.Module, vocab: int) -> CausalLMDraft:
 @pytest.fixture(scope="session")
 def tiny_target() -> LlamaForCausalLM:
     return tiny_llama(seed=0)
-
-
-def save_tiny_model_dir(path, words: list[str], seed: int = 0) -> None:
-    """Write a loadable model directory: a tiny Llama plus a real word-level tokenizer over `words`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
-    model = tiny_llama(seed=seed, vocab=len(vocab))
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
 
 
 REAL_TARGET = "smollm2-135m"
