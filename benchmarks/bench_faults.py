@@ -234,13 +234,19 @@ def sigkill(args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
-def corrupt(args: argparse.Namespace, work: Path) -> list[dict]:
-    state = work / "state"
-    server = Server(args, state, work / "server.log")
+def serve_then_stop(args: argparse.Namespace, state: Path, log: Path) -> tuple[Server, int, int]:
+    """A learning server on `state` that serves --requests requests and stops on SIGTERM: (it, the round it
+    published, its exit status)."""
+    server = Server(args, state, log)
     for i in range(args.requests):
         assert server.complete(i) == 200
     published = server.draft()["round"]
-    rc = server.stop(signal.SIGTERM)
+    return server, published, server.stop(signal.SIGTERM)
+
+
+def corrupt(args: argparse.Namespace, work: Path) -> list[dict]:
+    state = work / "state"
+    server, published, rc = serve_then_stop(args, state, work / "server.log")
     newest = state / (state / "LATEST").read_text().strip()
     previous = sorted(p.name for p in state.glob("state-*") if p.is_dir() and p != newest)
     blob = bytearray((newest / "draft.safetensors").read_bytes())
@@ -345,11 +351,7 @@ def unwritable(args: argparse.Namespace, work: Path) -> list[dict]:
 
 def sigterm(args: argparse.Namespace, work: Path) -> list[dict]:
     state = work / "state"
-    server = Server(args, state, work / "server.log")
-    for i in range(args.requests):
-        assert server.complete(i) == 200
-    published = server.draft()["round"]
-    rc = server.stop(signal.SIGTERM)
+    server, published, rc = serve_then_stop(args, state, work / "server.log")
     saved = [line.strip() for line in server.log().splitlines() if "saved draft state" in line]
     after = restart_and_check(args, state, work / "restart.log")
     notes = f"exit {rc}; log: '{saved[-1] if saved else 'NO SAVE LINE'}'"
