@@ -29,6 +29,7 @@ METHOD_ONLINE_FIELDS = (
     "unroll",
     "mask_oov",
     "loss_after",
+    "prompt_positions",
 )
 
 

@@ -134,6 +134,9 @@ def learning_flags() -> tuple[ConfigFlag, ...]:
         ),
         ConfigFlag(O, "unroll", "EAGLE passes trained per request, 0 = the k it drafted with"),
         ConfigFlag(O, "mask_oov", "skip positions whose target top-1 token is outside the draft vocabulary"),
+        ConfigFlag(
+            O, "prompt_positions", "also learn from the last N prompt positions of each request (head drafts), 0 = off"
+        ),
         ConfigFlag(O, "loss_after", "evaluate each round's loss again after its update, telemetry"),
         ConfigFlag(O, "loss", "", options={"choices": LOSSES}),
         ConfigFlag(

@@ -61,6 +61,11 @@ class HeadDraft:
     def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
         return self.model.vocab.to_draft_ids(target_ids)
 
+    def target_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The target's features [n, d] (after its final norm) -> the target's logits [n, V], through its LM head
+        (online/prompt_feedback.py learns from prompt positions with them)."""
+        return self.model.vocab.lm_head(features)
+
     def require_features(self, features: torch.Tensor | None) -> torch.Tensor:
         if features is None:
             raise ValueError(f"a {self.model.kind} draft needs the target's features (the engine passes them)")

@@ -34,6 +34,7 @@ from onlinespec.online.feedback_buffer import FeedbackBuffer
 from onlinespec.online.learners import LearnerConfig, make_learner, relative_change
 from onlinespec.online.learners.base import snapshot
 from onlinespec.online.losses import LOSSES
+from onlinespec.online.prompt_feedback import TargetReadout, with_prompt_positions
 from onlinespec.online.replay import ReplayBuffer, minibatches
 from onlinespec.online.state_store import load_state, save_state
 from onlinespec.online.trainable_draft import TrainableDraft
@@ -70,6 +71,9 @@ class OnlineConfig:
     unroll: int = 0  # EAGLE passes trained per request: 0 = the k the request drafted with; n > 0 = n
     mask_oov: bool = True  # drop positions whose target top-1 token is outside the draft vocabulary
     loss_after: bool = True  # evaluate the round's loss again after its update (telemetry, on the clock)
+    # Also learn from the last N prompt positions of each request, p read off the target's prefill features
+    # (online/prompt_feedback.py; feature-level head drafts only). 0 = verified positions only.
+    prompt_positions: int = 0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -80,6 +84,10 @@ class OnlineConfig:
             raise UserError("a round needs round_requests >= 1 or round_tokens >= 1")
         if self.save_every < 1:
             raise UserError(f"save_every must be >= 1, got {self.save_every}")
+        if self.prompt_positions < 0:
+            raise UserError(
+                f"prompt_positions must be >= 0 (0 = learn from verified positions only), got {self.prompt_positions}"
+            )
         if self.batch_requests < 0 or self.epochs < 1 or self.replay_positions < 0 or self.unroll < 0:
             raise UserError(
                 "need batch_requests >= 0 (0 = the whole round), epochs >= 1, replay_positions >= 0 (0 = no replay) "
@@ -128,6 +136,11 @@ class OnlineLearning:
             engine.add_listener(self._on_feedback)
         named_live = dict(draft.model.named_parameters())
         self._live = [named_live[n] for n in draft.trainable]
+        if cfg.prompt_positions and not isinstance(draft, TargetReadout):
+            raise UserError(
+                f"prompt_positions needs a draft that drafts from the target's features (eagle, medusa, hydra), "
+                f"not '{draft.name}': drop --prompt-positions"
+            )
         self._objective = DraftObjective(
             draft, training_copy(draft.model, draft.trainable), cfg.loss, cfg.unroll, cfg.mask_oov
         )
@@ -264,9 +277,12 @@ class OnlineLearning:
         params = objective.parameters()
         before = snapshot(params)
         replayed = self._replay.examples()  # rounds < t only: this round joins the buffer after its update
-        steps = minibatches(replayed + examples, cfg.batch_requests, cfg.epochs)
+        # train on the verified positions plus prompt positions; the loss telemetry stays on the verified ones
+        train, prompt_added = with_prompt_positions(examples, self._draft, cfg.prompt_positions, cfg.top_k)
+        steps = minibatches(replayed + train, cfg.batch_requests, cfg.epochs)
         # The round's loss at w_t: the first step's when that step is the round itself, else one more evaluation.
-        loss_before = None if len(steps) == 1 and not replayed else objective.loss_at(examples, params)
+        only_round = len(steps) == 1 and not replayed and not prompt_added
+        loss_before = None if only_round else objective.loss_at(examples, params)
         results = [self._learner.update(objective.grad_fn(batch)) for batch in steps]
         telemetry = dict(results[-1])  # the state the round ends in (ensemble weights, ...)
         telemetry["grad_norm"] = results[0]["grad_norm"]  # at w_t, on the first mini-batch
@@ -275,13 +291,14 @@ class OnlineLearning:
             telemetry["update_norm_ratio"] = relative_change(before, params)  # the whole round's ||dw|| / ||w||
         if cfg.loss_after:
             telemetry["loss_after"] = objective.loss_at(examples, params)  # w_{t+1} on the same feedback
-        self._replay.add(examples)
+        self._replay.add(train)
         elapsed = time.perf_counter() - tic
         self._update_s += elapsed
         return {
             **telemetry,
             "steps": len(steps),
             "oov_rate": objective.oov_rate(examples),
+            "prompt_positions": prompt_added,
             "replay_positions": self._replay.size,
             "replay_bytes": self._replay.nbytes,
             "update_s": elapsed,
