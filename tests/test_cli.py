@@ -186,14 +186,15 @@ def test_every_learner_setting_is_reachable_from_a_flag(tmp_path) -> None:
 
 
 def test_learning_flag_defaults_are_each_commands_settings() -> None:
-    """The learning flags' defaults give the OnlineConfig each command used before the flags were shared."""
+    """The learning flags' defaults are the library's: the OnlineConfig each command used before the flags were
+    shared, with the learner's own default lr (None: resolved per learner and step)."""
     from onlinespec.cli import build_parser
-    from onlinespec.commands.flags import LEARNING_RATE, online_config_from_args
+    from onlinespec.commands.flags import online_config_from_args
     from onlinespec.online.learners import LearnerConfig
     from onlinespec.online.session import OnlineConfig
 
     parser = build_parser()
-    learner_cfg = LearnerConfig(lr=LEARNING_RATE)
+    learner_cfg = LearnerConfig()
     generate = online_config_from_args(parser.parse_args(["generate", "hi"]))
     assert generate == OnlineConfig(learner="static", learner_cfg=learner_cfg)
     serve = online_config_from_args(parser.parse_args(["serve"]))

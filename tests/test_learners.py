@@ -324,3 +324,12 @@ def test_non_finite_gradient_raises_and_leaves_params():
     with pytest.raises(FloatingPointError):
         learner.update(lambda v: (float("nan"), [torch.tensor([float("nan")])]))
     assert params[0].item() == 1.0
+
+
+def test_an_unset_lr_is_the_learners_default():
+    """One table of defaults (base.DEFAULT_LR): textbook OGD steps 0.1, Adam steps 5e-4; a given lr wins."""
+    assert make_learner("ogd", two_tensors(0)).cfg.lr == 0.1
+    assert make_learner("ogd", two_tensors(0), LearnerConfig(step="adam")).cfg.lr == 5e-4
+    assert make_learner("optimistic", two_tensors(0), LearnerConfig(step="adagrad")).cfg.lr == 1e-3
+    assert make_learner("adamw", two_tensors(0)).cfg.lr == 5e-4
+    assert make_learner("ensemble", two_tensors(0), LearnerConfig(lr=0.3, step="adam")).cfg.lr == 0.3

@@ -62,6 +62,8 @@ def _parse(value: str, like: object, where: str) -> object:
             return value.lower() in ("true", "1", "yes")
         if isinstance(like, tuple):
             return tuple(float(v) for v in value.split("/"))
+        if like is None:  # an unset number: lr = None means the learner's default
+            return float(value)
         return type(like)(value)
     except ValueError as exc:
         raise UserError(f"{where}: cannot read '{value}' as a {type(like).__name__}") from exc

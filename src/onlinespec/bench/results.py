@@ -130,7 +130,7 @@ def render_report(results: dict) -> str:
         f"# onlinespec bench: {c['stream']} ({c['prompts']} prompts, preset {s['preset']})",
         "",
         f"target {s['target']} {s['dtype']}, draft {draft}, k = {s['k']}, greedy, {s['max_new_tokens']} new "
-        f"tokens, rounds of {s['round_size']} prompts, lr {s['online']['learner_cfg']['lr']}, "
+        f"tokens, rounds of {s['round_size']} prompts, lr {s['online']['learner_cfg']['lr'] or 'per learner'}, "
         f"schedule {s['online']['schedule']}, seed {s['seed']}; onlinespec {env['onlinespec']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, {env['cpus']} CPUs ({env['torch_threads']} torch threads); "
         f"wall {c['wall_s'] / 60:.1f} min",

@@ -11,7 +11,6 @@ from dataclasses import MISSING, dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-LEARNING_RATE = 0.1  # OGD step on the clipped gradient; 1.0 was unstable on the embedded model (README)
 TARGET_HELP = "target model spec (default: %(default)s)"
 
 
@@ -93,7 +92,9 @@ def learning_flags() -> tuple[ConfigFlag, ...]:
     L, O = "learner", "online"  # noqa: E741, N806
     pair, positions = {"metavar": ("BETA1", "BETA2")}, {"choices": POSITION_MODES}
     return (
-        ConfigFlag(L, "lr", "eta", default=LEARNING_RATE),
+        ConfigFlag(
+            L, "lr", "eta; default: per learner and step (sgd 0.1, adam 5e-4, adagrad 1e-3)", options={"type": float}
+        ),
         ConfigFlag(O, "round_requests", "requests per round", flag="--round-size"),
         ConfigFlag(O, "round_tokens", "if > 0, a round ends after this many new tokens instead"),
         ConfigFlag(L, "passes", "gradient steps per round"),

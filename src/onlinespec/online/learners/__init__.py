@@ -9,12 +9,13 @@ OGD experts). `LearnerConfig.step` gives ogd, optimistic and the ensemble's expe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 
 from onlinespec.errors import UserError
 from onlinespec.online.learners.ablations import AdamWLearner, SGDMomentumLearner
-from onlinespec.online.learners.base import BaseLearner, GradFn, Learner, LearnerConfig
+from onlinespec.online.learners.base import DEFAULT_LR, BaseLearner, GradFn, Learner, LearnerConfig, default_lr
 from onlinespec.online.learners.ensemble import EnsembleLearner, expert_lrs, fixed_share, hedge_weights
 from onlinespec.online.learners.ogd import OGDLearner
 from onlinespec.online.learners.optimistic import OptimisticLearner
@@ -35,13 +36,19 @@ LEARNERS: dict[str, type[BaseLearner]] = {
 
 
 def make_learner(name: str, params: Iterable[torch.Tensor], cfg: LearnerConfig | None = None) -> Learner:
-    """Build the learner `name` over the live draft parameters `params` (their current values are w_0)."""
+    """Build the learner `name` over the live draft parameters `params` (their current values are w_0); an unset
+    lr takes the learner's default (base.DEFAULT_LR)."""
     if name not in LEARNERS:
         raise UserError(f"unknown learner '{name}': choose one of {', '.join(LEARNERS)}")
-    return LEARNERS[name](params, cfg if cfg is not None else LearnerConfig())
+    cfg = cfg if cfg is not None else LearnerConfig()
+    if cfg.lr is None:
+        cfg = replace(cfg, lr=default_lr(name, cfg.step))
+    return LEARNERS[name](params, cfg)
 
 
 __all__ = [
+    "DEFAULT_LR",
+    "default_lr",
     "LEARNERS",
     "PRECONDITIONERS",
     "AdamWLearner",
