@@ -48,12 +48,12 @@ PRESETS = {
 
 
 # The adaptation presets (issue 11.6): domains the bundled head was NOT warmed up on (it saw HumanEval, Spider,
-# finance and the CPython stdlib), each lasting >= 10 rounds. The adaptive methods run Adam steps (lr 5e-4, the order
-# of the paper's online AdamW) on mini-batches of 2 requests, 2 epochs per round, replaying up to 160 earlier
-# positions (about one round of 4 requests x 40 tokens: an update's cost grows with the requests it replays, each
-# one a head forward over its whole context); `ogd` is the textbook SGD rule with the run's flags (lr 0.1).
-# Settings chosen from the issue's measurements and the paper's code, not yet tuned by a run of these presets.
-ADAPTIVE = "@lr=5e-4@batch_requests=2@epochs=2@replay_positions=160"
+# finance and the CPython stdlib), each lasting >= 10 rounds. The adaptive methods run Adam steps (lr 5e-4, the
+# default for step adam: the order of the paper's online AdamW) on mini-batches of 2 requests, 2 epochs per round,
+# replaying up to 160 earlier positions, and also learn from the last 256 prompt positions of each request
+# (online/prompt_feedback.py); `ogd` is the textbook SGD rule (lr 0.1). Prompt positions were measured better than
+# none on summaries (docs/benchmarks.md: last third 1.14x static against 1.10x, update time 161 s against 256 s).
+ADAPTIVE = "@batch_requests=2@epochs=2@replay_positions=160@prompt_positions=256"
 ADAPT_METHODS = (
     "ar",
     "static",
@@ -64,10 +64,9 @@ ADAPT_METHODS = (
 )
 PRESETS.update(
     {
-        # 64 writingbench prompts (16 rounds of 4) x 40 tokens x 6 methods: ~2560 new tokens per method, about 13 min
-        # of decoding at ~20 tokens/s per method in float32 plus the updates. Estimated, not measured yet. (Summaries
-        # answers end after ~10 tokens on the embedded model: ~36 positions a round, too few; writingbench's run to
-        # the token limit.)
+        # 64 writingbench prompts (16 rounds of 4) x 40 tokens (answers run to the limit). Measured: 4 methods took
+        # 40.6 min with 2 torch threads on a shared 2-core machine (docs/benchmarks.md); `--stream summaries` runs
+        # the same protocol on a domain whose answers are short (~25 tokens) and copy the prompt (39.1 min, 4 methods).
         "adapt": Preset(
             stream="writingbench",
             num_prompts=64,
@@ -75,7 +74,7 @@ PRESETS.update(
             round_size=4,
             methods=ADAPT_METHODS,
             k=DEFAULT_K,
-            expected="about 15-20 minutes (estimated)",
+            expected="about 40 minutes for 4 methods, longer for all 6 (measured on a shared machine)",
         ),
         # writingbench, summaries, math: 40 prompts (10 rounds of 4) each, 40 tokens, the same 6 methods.
         "adapt-shift": Preset(
@@ -85,7 +84,7 @@ PRESETS.update(
             round_size=4,
             methods=ADAPT_METHODS,
             k=DEFAULT_K,
-            expected="about 30-35 minutes (estimated)",
+            expected="over an hour (estimated from the adapt runs: 120 prompts)",
         ),
     }
 )
