@@ -68,7 +68,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     for name, row in rows.items():
-        print(f"{name:8s} vocab {row['vocab']:6d}  tau {row['tau']:.3f}  alpha {row['alpha']:.3f}  {row['seconds']:.1f} s")
+        tau, alpha = row["tau"], row["alpha"]
+        print(f"{name:8s} vocab {row['vocab']:6d}  tau {tau:.3f}  alpha {alpha:.3f}  {row['seconds']:.1f} s")
     print(f"target tokens outside the reduced vocabulary: {report['oov_rate_of_target_tokens']:.1%}; saved {out}")
 
 
