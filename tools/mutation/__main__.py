@@ -16,6 +16,7 @@ import hashlib
 import json
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--max-mutants", type=int, default=0, help="sample this many mutants per group (0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the --max-mutants sample")
     ap.add_argument("--only", default="", help="only mutants whose key contains this text (e.g. a file name)")
-    ap.add_argument("--max-test-s", type=float, default=0, help="leave out tests slower than this in the map run")
+    ap.add_argument(
+        "--max-test-s",
+        type=float,
+        default=20,
+        help="leave out tests that took longer than this in the map run (traced); 0 = keep all",
+    )
+    ap.add_argument(
+        "--per-function",
+        type=int,
+        default=2,
+        help="run at most this many cases of one parametrized test per mutant (the fastest); 0 = all",
+    )
     ap.add_argument("--timeout-base", type=float, default=60, help="per-mutant limit: base + factor x tests' time")
     ap.add_argument("--timeout-factor", type=float, default=3)
     ap.add_argument(
@@ -109,8 +121,9 @@ def line_map(root: Path, out: Path, pool: list[str], files: list[str], print_: c
     return data
 
 
-def select(mutant: Mutant, group: Group, data: dict, max_test_s: float) -> list[str]:
-    """The pool's tests that ran the mutant's lines (any line of its file, for import-time code), fastest first."""
+def select(mutant: Mutant, group: Group, data: dict, max_test_s: float, per_function: int) -> list[str]:
+    """The pool's tests that ran the mutant's lines (any line of its file, for import-time code), fastest first:
+    none slower than `max_test_s`, at most `per_function` cases of a parametrized test (0 = no limit)."""
     durations, lines = data["durations"], data["lines"]
     pool = [t for t in durations if t.split("::")[0] in group.tests and t not in data["failed"]]
     if max_test_s:
@@ -121,7 +134,13 @@ def select(mutant: Mutant, group: Group, data: dict, max_test_s: float) -> list[
             pool = [t for t in pool if span & set(lines[t].get(mutant.path, ()))]
         else:
             pool = [t for t in pool if lines[t].get(mutant.path)]
-    return sorted(pool, key=lambda t: durations[t])
+    chosen, cases = [], {}
+    for test in sorted(pool, key=lambda t: durations[t]):
+        function = test.split("[")[0]
+        cases[function] = cases.get(function, 0) + 1
+        if not per_function or cases[function] <= per_function:
+            chosen.append(test)
+    return chosen
 
 
 def run_mutant(root: Path, out: Path, mutant: Mutant, tests: list[str], data: dict, args) -> dict:
@@ -157,6 +176,13 @@ def run_mutant(root: Path, out: Path, mutant: Mutant, tests: list[str], data: di
     return row
 
 
+def git_commit() -> str:
+    """HEAD's short hash, + "+changes" when src/ or tests/ differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "src", "tests"], cwd=REPO, capture_output=True, text=True)
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -164,8 +190,9 @@ def main(argv: list[str]) -> None:
     groups = [GROUPS[g] for g in args.groups]
     plan: list[tuple[Group, Mutant]] = []
     rng = random.Random(args.seed)
+    sources = {f: (REPO / f).read_text() for g in groups for f in source_files(g)}
     for group in groups:
-        found = [m for f in source_files(group) for m in mutants_of(f, (REPO / f).read_text()) if args.only in m.key]
+        found = [m for f in source_files(group) for m in mutants_of(f, sources[f]) if args.only in m.key]
         if args.max_mutants and len(found) > args.max_mutants:
             keep = set(rng.sample(range(len(found)), args.max_mutants))
             found = [m for i, m in enumerate(found) if i in keep]
@@ -180,6 +207,14 @@ def main(argv: list[str]) -> None:
         print(text, flush=True)
 
     tic = time.monotonic()
+    choice = f"max_test_s={args.max_test_s:g} per_function={args.per_function}"
+    header = {
+        "command": " ".join(["python3 tools/mutation", *argv]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "selection": choice,
+    }
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))  # so the temporary copy is removed
     root = make_copy()
     try:
         preload()
@@ -192,18 +227,20 @@ def main(argv: list[str]) -> None:
         if jsonl.exists() and args.reuse != "none":
             for line in jsonl.read_text().splitlines():
                 row = json.loads(line)
-                same_run = row.get("fingerprint") == stamp
+                same_run = row.get("fingerprint") == stamp and row.get("selection") == choice
                 killed_here = args.reuse == "killed" and row["status"] in KILLED
-                if row.get("file_sha") == sha((REPO / row["path"]).read_text()) and (same_run or killed_here):
+                unchanged = row["path"] in sources and row.get("file_sha") == sha(sources[row["path"]])
+                if unchanged and (same_run or killed_here):
                     previous[row["key"]] = row
         rows = []
         with jsonl.open("w") as sink:
             for i, (group, mutant) in enumerate(plan, 1):
                 row = previous.get(mutant.key)
                 if row is None:
-                    tests = select(mutant, group, data, args.max_test_s)
+                    tests = select(mutant, group, data, args.max_test_s, args.per_function)
                     row = run_mutant(root, out, mutant, tests, data, args)
-                    row.update(group=group.name, fingerprint=stamp, file_sha=sha((REPO / mutant.path).read_text()))
+                    file_sha = sha(sources[mutant.path])
+                    row.update(group=group.name, fingerprint=stamp, file_sha=file_sha, selection=choice)
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
                 rows.append(row)
@@ -214,14 +251,8 @@ def main(argv: list[str]) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     mark_equivalents(rows, load_equivalents(EQUIVALENTS))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "src", "tests"], cwd=REPO, capture_output=True, text=True)
-    header = {
-        "command": " ".join(["python3 tools/mutation", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else ""),
-        "seconds": time.monotonic() - tic,
-    }
+    header["seconds"] = time.monotonic() - tic
+    header["left_out"] = sorted(t for t, s in data["durations"].items() if args.max_test_s and s > args.max_test_s)
     scores = write(out, rows, header)
     for name, s in scores["groups"].items():
         print_(

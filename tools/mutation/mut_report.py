@@ -94,7 +94,10 @@ def _markdown(rows: list[dict], scores: dict, header: dict) -> str:
         "# Mutation testing report",
         "",
         f"Command: `{header['command']}`  ",
-        f"Date: {header['date']}, commit {header['commit']}, {header['seconds']:.0f} s.",
+        f"Date: {header['date']}, commit {header['commit']}, {header['seconds']:.0f} s.  ",
+        f"Tests per mutant: those that ran its lines, {header['selection']}; left out as slow: "
+        + (", ".join(f"`{t}`" for t in header["left_out"]) or "none")
+        + ".",
         "",
         "Score = killed / (mutants - equivalent - runner errors); a timeout counts as killed, a mutant no selected "
         "test runs counts as survived.",
