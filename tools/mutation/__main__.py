@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import io
 import json
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="results.jsonl rows to keep: same = all when src/ and tests/ are unchanged; killed = killed "
         "mutants of unchanged files even after tests changed (re-runs survivors only); none",
     )
+    ap.add_argument("--tests-rev", default="", help="take tests/ from this git revision (e.g. scores before new tests)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     return ap.parse_args(argv)
 
@@ -74,31 +77,40 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fingerprint(paths: list[Path]) -> str:
+def fingerprint(root: Path) -> str:
+    """A hash of the copy's src/ and tests/ Python files."""
     h = hashlib.sha256()
-    for path in sorted(paths):
-        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    for path in sorted([*root.glob("src/**/*.py"), *root.glob("tests/**/*.py")]):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def make_copy() -> Path:
-    """src/, tests/ and pyproject.toml in a fresh temporary directory."""
+def make_copy(tests_rev: str) -> Path:
+    """src/, tests/ (from git revision `tests_rev` if given) and pyproject.toml in a fresh temporary directory."""
     root = Path(tempfile.mkdtemp(prefix="onlinespec-mutation-"))
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".hypothesis")
     shutil.copytree(REPO / "src", root / "src", ignore=ignore)
-    shutil.copytree(REPO / "tests", root / "tests", ignore=ignore)
+    if tests_rev:
+        archive = subprocess.run(["git", "archive", tests_rev, "tests"], cwd=REPO, capture_output=True)
+        if archive.returncode:
+            sys.exit(f"--tests-rev {tests_rev}: {archive.stderr.decode().strip()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(root, filter="data")
+    else:
+        shutil.copytree(REPO / "tests", root / "tests", ignore=ignore)
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     precompile(root / "src")
     return root
 
 
 def line_map(root: Path, out: Path, pool: list[str], files: list[str], print_: callable) -> dict:
-    """The map run (reused from OUT/linemap.json when src/, tests/ and the pool are unchanged)."""
-    stamp = fingerprint([*REPO.glob("src/**/*.py"), *REPO.glob("tests/**/*.py")]) + sha(" ".join(pool + files))
+    """The map run; OUT/linemap.json is reused when the copy's src/ and tests/ are unchanged and it covered at
+    least this pool and these files."""
+    stamp = fingerprint(root)
     path = out / "linemap.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("fingerprint") == stamp:
+        if saved.get("fingerprint") == stamp and set(pool) <= set(saved["pool"]) and set(files) <= set(saved["files"]):
             print_(f"line map: reused {path}")
             return saved
     print_(f"line map: running {len(pool)} test files unmutated (once) ...")
@@ -114,7 +126,7 @@ def line_map(root: Path, out: Path, pool: list[str], files: list[str], print_: c
     data["lines"] = {
         test: {f.removeprefix(prefix): lines for f, lines in hits.items()} for test, hits in data["lines"].items()
     }
-    data["fingerprint"] = stamp
+    data.update(fingerprint=stamp, pool=pool, files=files)
     path.write_text(json.dumps(data))
     raw.unlink()
     print_(f"line map: {len(data['durations'])} tests in {time.monotonic() - tic:.0f} s, {len(data['failed'])} failed")
@@ -168,7 +180,7 @@ def run_mutant(root: Path, out: Path, mutant: Mutant, tests: list[str], data: di
         row.update(status="crashed", message=f"signal {code}")
     elif code == 0:
         row["status"] = "survived"
-    elif code in (1, 2):  # tests failed / collection failed (e.g. the mutant breaks an import)
+    elif code in (1, 2) or (code in (3, 4) and row["killed_by"]):  # a test or a test module's import failed
         row["status"] = "killed"
     else:
         row["status"] = "error"
@@ -213,12 +225,13 @@ def main(argv: list[str]) -> None:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
         "selection": choice,
+        "tests": f"tests/ of {args.tests_rev}" if args.tests_rev else "tests/ of the working tree",
     }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))  # so the temporary copy is removed
-    root = make_copy()
+    root = make_copy(args.tests_rev)
     try:
         preload()
-        pool = list(dict.fromkeys(t for g in groups for t in g.tests))
+        pool = [t for t in dict.fromkeys(t for g in groups for t in g.tests) if (root / t).exists()]
         files = sorted({f for g in groups for f in source_files(g)})
         data = line_map(root, out, pool, files, print_)
         stamp = data["fingerprint"]
@@ -230,7 +243,7 @@ def main(argv: list[str]) -> None:
                 same_run = row.get("fingerprint") == stamp and row.get("selection") == choice
                 killed_here = args.reuse == "killed" and row["status"] in KILLED
                 unchanged = row["path"] in sources and row.get("file_sha") == sha(sources[row["path"]])
-                if unchanged and (same_run or killed_here):
+                if unchanged and row["status"] != "error" and (same_run or killed_here):
                     previous[row["key"]] = row
         rows = []
         with jsonl.open("w") as sink:

@@ -95,7 +95,7 @@ def _markdown(rows: list[dict], scores: dict, header: dict) -> str:
         "",
         f"Command: `{header['command']}`  ",
         f"Date: {header['date']}, commit {header['commit']}, {header['seconds']:.0f} s.  ",
-        f"Tests per mutant: those that ran its lines, {header['selection']}; left out as slow: "
+        f"Tests ({header['tests']}) per mutant: those that ran its lines, {header['selection']}; left out as slow: "
         + (", ".join(f"`{t}`" for t in header["left_out"]) or "none")
         + ".",
         "",

@@ -20,6 +20,8 @@ class Group:
 
 
 _ENGINE_TESTS = (
+    "tests/test_decoding_stats.py",
+    "tests/test_sampling_rules.py",
     "tests/test_stopping.py",
     "tests/test_request_stats.py",
     "tests/test_properties.py",
