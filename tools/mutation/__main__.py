@@ -54,8 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=2,
         help="run at most this many cases of one parametrized test per mutant (the fastest); 0 = all",
     )
-    ap.add_argument("--timeout-base", type=float, default=60, help="per-mutant limit: base + factor x tests' time")
-    ap.add_argument("--timeout-factor", type=float, default=3)
+    # generous: on a loaded machine a surviving mutant must not pass for a timeout (a kill)
+    ap.add_argument("--timeout-base", type=float, default=120, help="per-mutant limit: base + factor x tests' time")
+    ap.add_argument("--timeout-factor", type=float, default=5)
     ap.add_argument(
         "--reuse",
         choices=("same", "killed", "none"),
@@ -243,7 +244,8 @@ def main(argv: list[str]) -> None:
                 same_run = row.get("fingerprint") == stamp and row.get("selection") == choice
                 killed_here = args.reuse == "killed" and row["status"] in KILLED
                 unchanged = row["path"] in sources and row.get("file_sha") == sha(sources[row["path"]])
-                if unchanged and row["status"] != "error" and (same_run or killed_here):
+                # errors and timeouts run again (a timeout may have been a slow moment of a busy machine)
+                if unchanged and row["status"] not in ("error", "timeout") and (same_run or killed_here):
                     previous[row["key"]] = row
         rows = []
         with jsonl.open("w") as sink:
