@@ -22,6 +22,8 @@ class Group:
 _ENGINE_TESTS = (
     "tests/test_decoding_stats.py",
     "tests/test_sampling_rules.py",
+    "tests/test_tree_config.py",
+    "tests/test_engine_records.py",
     "tests/test_stopping.py",
     "tests/test_request_stats.py",
     "tests/test_properties.py",
@@ -37,6 +39,7 @@ _ENGINE_TESTS = (
     "tests/test_steps_per_round.py",
 )
 _LEARNER_TESTS = (
+    "tests/test_learner_settings.py",
     "tests/test_learners.py",
     "tests/test_adaptive_learners.py",
     "tests/test_steps_per_round.py",
