@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from onlinespec.decoding.metrics import RequestStats
 
 
@@ -27,3 +29,31 @@ def test_total_sums_in_order_and_is_zero_when_empty() -> None:
     assert empty == RequestStats.zero() and empty.requests == 0
     assert (empty.tau, empty.alpha, empty.tokens_per_s) == (0.0, 0.0, 0.0)
     assert a + RequestStats.zero() == a
+
+
+def test_to_dict_rounds_each_rate_and_time() -> None:
+    stats = RequestStats(5, 10, 3, 9, 2, [1, 1, 1], wall_s=3.0, draft_s=1 / 3, target_s=2 / 3)
+    assert stats.to_dict() == {
+        "prompt_tokens": 5,
+        "new_tokens": 10,
+        "target_forwards": 3,
+        "tau": 3.3333,
+        "alpha": 0.2222,
+        "tokens_per_s": 3.333,
+        "wall_s": 3.0,
+        "draft_s": 0.3333,
+        "target_s": 0.6667,
+        "drafted": 9,
+        "accepted": 2,
+        "accept_hist": [1, 1, 1],
+    }
+
+
+def test_count_step_extends_the_histogram_and_stats_add_only_to_stats() -> None:
+    stats = RequestStats()
+    stats.count_step(4, 2)
+    stats.count_step(4, 0)
+    stats.count_step(4, 4)
+    assert (stats.drafted, stats.accepted, stats.accept_hist) == (12, 6, [1, 0, 1, 0, 1])
+    with pytest.raises(TypeError):
+        stats + 1  # noqa: B018  (NotImplemented makes python raise)

@@ -40,3 +40,13 @@ def test_stop_string_across_steps_cuts_ids_and_text() -> None:
     assert stop.finish_reason == "stop"
     assert stop.token_ids == ids("def f():\n\n")
     assert stop.text() == "def f():"
+
+
+def test_without_a_tokenizer_the_text_is_empty_and_eos_still_stops() -> None:
+    stop = StopCriteria(10, frozenset({7}))
+    assert stop.extend([1, 7, 2]) == [1, 7] and stop.finish_reason == "eos" and stop.text() == ""
+
+
+def test_the_text_is_cut_at_the_earliest_of_several_stop_strings() -> None:
+    stop = StopCriteria(100, frozenset(), ("yz", "c"), CharTokenizer())
+    assert stop.extend(ids("abcxyz")) == ids("abc") and stop.text() == "ab"

@@ -1,0 +1,63 @@
+"""What a request's RequestStats say, counted by hand: tokens, target forwards, drafts, and times that exclude
+the caller's time between yields (mutation testing found these unchecked, docs/testing.md)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import draft_of, tiny_llama
+
+from onlinespec.decoding.autoregressive import autoregressive_stream
+from onlinespec.decoding.config import DEFAULT_K, SEED_RANGE, GenerationConfig
+from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.decoding.metrics import RequestStats
+from onlinespec.decoding.stopping import StopCriteria
+from onlinespec.errors import UserError
+
+PAUSE_S = 0.02  # the caller's time between two yields, which no stats time may include
+
+
+def consume_slowly(stream) -> tuple[int, float]:
+    """Drain `stream`, pausing after each yield -> (yields, wall-clock seconds of the whole loop)."""
+    tic = time.perf_counter()
+    yields = 0
+    for _ in stream:
+        yields += 1
+        time.sleep(PAUSE_S)
+    return yields, time.perf_counter() - tic
+
+
+def test_autoregressive_stats_count_one_forward_per_token_and_only_their_own_time() -> None:
+    target = tiny_llama(seed=41)
+    cfg = GenerationConfig(max_new_tokens=6)
+    stop, stats = StopCriteria(cfg.max_new_tokens, frozenset()), RequestStats()
+    yields, elapsed = consume_slowly(autoregressive_stream(target, torch.arange(7), cfg, stop, stats))
+    assert (stats.prompt_tokens, stats.new_tokens, stats.target_forwards, yields) == (7, 6, 6, 6)
+    assert stats.target_s == stats.wall_s  # every forward is the target's
+    assert 0 < stats.wall_s < elapsed - yields * PAUSE_S
+
+
+def test_speculative_stats_count_forwards_drafts_and_only_their_own_time() -> None:
+    target = tiny_llama(seed=42)
+    engine = SpeculativeEngine(target, draft_of(target, 96))  # the draft is the target: every draft is accepted
+    cfg = GenerationConfig(max_new_tokens=13, k=3)
+    stop, stats = StopCriteria(cfg.max_new_tokens, frozenset()), RequestStats()
+    yields, elapsed = consume_slowly(engine.stream(torch.arange(5), cfg, stop, stats))
+    # prefill emits 1 token, then 3 steps of 3 accepted drafts + 1 bonus: 1 + 4 + 4 + 4 = 13
+    assert (stats.prompt_tokens, stats.new_tokens, stats.target_forwards, yields) == (5, 13, 4, 4)
+    assert (stats.drafted, stats.accepted, stats.accept_hist) == (9, 9, [0, 0, 0, 3])
+    assert stats.draft_s > 0 and stats.target_s > 0
+    assert stats.draft_s + stats.target_s < stats.wall_s < elapsed - yields * PAUSE_S
+
+
+def test_generation_defaults_and_the_seed_range() -> None:
+    cfg = GenerationConfig()
+    assert (cfg.max_new_tokens, cfg.k, cfg.seed, cfg.stop, DEFAULT_K) == (128, 2, 0, (), 2)
+    assert SEED_RANGE == (-(2**63), 2**64 - 1)
+    for seed in SEED_RANGE:
+        assert GenerationConfig(seed=seed).generator() is None  # accepted (greedy: no generator)
+    for seed in (SEED_RANGE[0] - 1, SEED_RANGE[1] + 1):
+        with pytest.raises(UserError, match="seed must be a 64-bit integer"):
+            GenerationConfig(seed=seed)
