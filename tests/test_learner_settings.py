@@ -71,9 +71,9 @@ def test_each_setting_is_accepted_at_its_bound(field: str, value) -> None:
 
 
 def test_defaults_are_the_documented_ones() -> None:
-    """docs/online-learning.md's flag table gives these (the CLI overrides lr only)."""
+    """docs/online-learning.md's flag table gives these; lr None = the learner's default (its Defaults table)."""
     assert dataclasses.asdict(LearnerConfig()) == {
-        "lr": 1e-4,
+        "lr": None,
         "clip": 1.0,
         "radius": 0.0,
         "passes": 1,
