@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from onlinespec.errors import UserError
-from onlinespec.online.learners import BaseLearner, LearnerConfig, fixed_share, make_learner
+from onlinespec.online.learners import (
+    BaseLearner,
+    LearnerConfig,
+    fixed_share,
+    global_norm,
+    make_learner,
+    make_preconditioner,
+)
 
 
 def pull_to(target: float):
@@ -83,3 +90,23 @@ def test_ensemble_weights_are_a_copy_and_the_anytime_rate_resumes_with_its_loss_
     assert resumed.update(pull_to(1.7)) == after and after["loss_range"] > 0.9
     with pytest.raises(UserError, match="learner state holds 2 ensemble experts but this learner has 3"):
         make_learner("ensemble", [torch.zeros(1)], LearnerConfig(experts=3)).load_state_dict(original.state_dict())
+
+
+def test_an_adagrad_state_is_refused_by_an_adam_step_and_a_step_state_of_another_shape_too() -> None:
+    adagrad = make_learner("ogd", [torch.zeros(2)], LearnerConfig(step="adagrad"))
+    adagrad.update(pull_to(1.0))
+    state = adagrad.state_dict()
+    with pytest.raises(UserError, match="learner state was saved with step 'adagrad', not 'adam'"):
+        make_learner("ogd", [torch.zeros(2)], LearnerConfig(step="adam")).load_state_dict(state)
+    for sum_sq in ([torch.zeros(2), torch.zeros(2)], [torch.zeros(3)]):
+        bad = {**state, "preconditioner": {**state["preconditioner"], "sum_sq": sum_sq}}
+        with pytest.raises(UserError, match="preconditioner state 'sum_sq' does not match this draft"):
+            make_learner("ogd", [torch.zeros(2)], LearnerConfig(step="adagrad")).load_state_dict(bad)
+    with pytest.raises(UserError, match="unknown step 'rmsprop': choose one of sgd, adagrad, adam"):
+        make_preconditioner("rmsprop", [torch.zeros(2)], 1e-8, (0.9, 0.95))
+
+
+def test_global_norm_of_nothing_is_zero_and_float64_norms_stay_float64() -> None:
+    assert global_norm([]) == 0.0
+    big = torch.tensor([3e30, 4e30], dtype=torch.float64)  # its square overflows float32
+    assert global_norm([big, torch.zeros(1, dtype=torch.float64)]) == 5e30
