@@ -40,6 +40,7 @@ _ENGINE_TESTS = (
 )
 _LEARNER_TESTS = (
     "tests/test_learner_settings.py",
+    "tests/test_learner_guards.py",
     "tests/test_learners.py",
     "tests/test_adaptive_learners.py",
     "tests/test_steps_per_round.py",
