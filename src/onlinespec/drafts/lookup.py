@@ -85,22 +85,22 @@ class LookupDraft:
             self._tokens.extend(ids[seen:].tolist())
             self.request.add(self._tokens, start=seen)
         context = ids[-self.shared.max_ngram :].tolist()
+        logits = torch.full((k, self.vocab), -math.inf)  # [k, V], one allocation: rows are filled as drafted
         tokens: list[int] = []
-        rows: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         confidence = 1.0
-        for _ in range(k):
+        for i in range(k):
             counts = self._match(context)
             if counts is None:
                 break
             total = sum(counts.values())
-            row = torch.full((self.vocab,), -math.inf)
-            row[list(counts)] = torch.tensor([math.log(c / total) for c in counts.values()])
+            # q over the target vocabulary, into row i (left out of the proposal if the chain stops here)
+            logits[i, list(counts)] = torch.tensor([math.log(c / total) for c in counts.values()])
             if sampling.greedy:
                 token = max(reversed(counts), key=counts.__getitem__)  # the most frequent; ties: seen last
                 q_token = best = counts[token] / total
             else:
-                q = probs_from_logits(row[None], sampling)[0]  # [V]: what the verifier is told q is
+                q = probs_from_logits(logits[i : i + 1], sampling)[0]  # [V]: what the verifier is told q is
                 best = float(q.max())
             # Decided BEFORE drawing: keeping or dropping a token after seeing it would bias the kept tokens away
             # from q, and exact sampling needs every proposed token to be a draw from the q reported with it.
@@ -112,13 +112,12 @@ class LookupDraft:
                 probs.append(q)
             confidence *= q_token
             tokens.append(token)
-            rows.append(row)
             context = (context + [token])[-self.shared.max_ngram :]
         n = len(tokens)
         return Proposal(
             tokens=torch.tensor(tokens, dtype=torch.long),
-            logits=torch.stack(rows) if n else torch.empty(0, self.vocab),
-            probs=None if sampling.greedy else (torch.stack(probs) if n else torch.empty(0, self.vocab)),
+            logits=logits[:n],
+            probs=None if sampling.greedy else (torch.stack(probs) if n else logits[:0].clone()),
         )
 
     def _match(self, context: list[int]) -> dict[int, int] | None:

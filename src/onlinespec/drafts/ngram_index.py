@@ -23,6 +23,7 @@ tracemalloc measured 0.84-0.93x of `nbytes` on such streams (the estimate errs h
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import chain
 
 import torch
 
@@ -106,18 +107,21 @@ class NgramIndex:
     # --- persistence -------------------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The index as fresh int64 tensors (module docstring), oldest context first."""
-        contexts, offsets, next_ids, counts = [], [0], [], []
-        pad = [-1] * self.max_ngram
-        for context, following in self._table.items():
-            contexts.append(pad[len(context) :] + list(context))
-            next_ids.extend(following.keys())
-            counts.extend(following.values())
-            offsets.append(len(next_ids))
+        contexts, continuations = list(self._table), list(self._table.values())
+        lengths = torch.tensor([len(c) for c in contexts], dtype=torch.long)  # [C]
+        tokens = torch.tensor(list(chain.from_iterable(contexts)), dtype=torch.long)  # [sum of lengths]
+        rows = torch.repeat_interleave(torch.arange(len(contexts)), lengths)
+        # right-aligned: token j of a context of n tokens goes to column max_ngram - n + j
+        first = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        columns = torch.arange(tokens.shape[0]) - first + torch.repeat_interleave(self.max_ngram - lengths, lengths)
+        padded = torch.full((len(contexts), self.max_ngram), -1, dtype=torch.long)
+        padded[rows, columns] = tokens
+        sizes = torch.tensor([len(c) for c in continuations], dtype=torch.long)
         return {
-            "contexts": torch.tensor(contexts, dtype=torch.long).reshape(len(contexts), self.max_ngram),
-            "offsets": torch.tensor(offsets, dtype=torch.long),
-            "next_ids": torch.tensor(next_ids, dtype=torch.long),
-            "counts": torch.tensor(counts, dtype=torch.long),
+            "contexts": padded,
+            "offsets": torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)]),
+            "next_ids": torch.tensor(list(chain.from_iterable(continuations)), dtype=torch.long),
+            "counts": torch.tensor(list(chain.from_iterable(c.values() for c in continuations)), dtype=torch.long),
         }
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], vocab_size: int) -> None:
@@ -125,21 +129,25 @@ class NgramIndex:
         are not such an index over ids 0..vocab_size-1 with this index's orders. Over the cap, the oldest
         contexts are evicted as they would have been."""
         contexts, offsets, next_ids, counts = _checked(tensors, self.min_ngram, self.max_ngram, vocab_size)
-        self.clear()
-        bounds = offsets.tolist()
-        ids, numbers = next_ids.tolist(), counts.tolist()
-        for c, row in enumerate(contexts.tolist()):
-            context = tuple(t for t in row if t >= 0)
-            if context in self._table:
-                raise ValueError(f"context {context} is stored twice")
+        lengths = (contexts >= 0).sum(dim=1)
+        keys: list[tuple[int, ...]] = [()] * contexts.shape[0]
+        for n in range(self.min_ngram, self.max_ngram + 1):
+            rows = (lengths == n).nonzero().flatten()
+            for row, key in zip(rows.tolist(), map(tuple, contexts[rows, self.max_ngram - n :].tolist()), strict=True):
+                keys[row] = key
+        bounds, ids, numbers = offsets.tolist(), next_ids.tolist(), counts.tolist()
+        table: OrderedDict[tuple[int, ...], dict[int, int]] = OrderedDict()
+        for c, key in enumerate(keys):
             lo, hi = bounds[c], bounds[c + 1]
-            following = dict(zip(ids[lo:hi], numbers[lo:hi], strict=True))
+            table[key] = following = dict(zip(ids[lo:hi], numbers[lo:hi], strict=True))
             if len(following) != hi - lo:
-                raise ValueError(f"context {context} lists a next token twice")
-            self._table[context] = following
-            self.entries += len(following)
-            self.context_tokens += len(context)
-            self._evict()
+                raise ValueError(f"context {key} lists a next token twice")
+        if len(table) != len(keys):
+            raise ValueError("a context is stored twice")
+        self._table = table
+        self.entries = len(ids)
+        self.context_tokens = int(lengths.sum())
+        self._evict()
 
 
 def _checked(
