@@ -27,6 +27,7 @@ from onlinespec.drafts.registry import (
 )
 from onlinespec.errors import UserError
 from onlinespec.models import LoadedModel, load_model
+from onlinespec.online.counting_draft import CountingDraft
 from onlinespec.online.trainable_draft import TrainableDraft
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "onlinespec"
@@ -44,6 +45,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "onlinespec"
         ("smollm2-135m", MODEL, "smollm2-135m"),
         ("none:x", MODEL, "none:x"),  # a kind that takes no argument: the spec is a model spec, as it always was
         ("layerskip", MODEL, "layerskip"),  # layerskip needs its N: the bare word is a model spec
+        ("lookup", "lookup", ""),
+        ("lookup:3:1000", "lookup", "3:1000"),
     ],
 )
 def test_specs_parse_into_kind_and_argument(spec: str, kind: str, argument: str) -> None:
@@ -87,13 +90,17 @@ def test_every_entry_builds_a_draft_that_learning_and_the_engine_can_use(models)
     target, draft_dir = models
     # auto falls back to layerskip:4 without a bundled head: a 6-layer target has room for it
     deep = LoadedModel(spec="tiny", model=tiny_llama(layers=6, vocab=6), tokenizer=target.tokenizer)
-    specs = {"auto": "auto", "none": "none", "layerskip": "layerskip:1", MODEL: draft_dir}
+    specs = {"auto": "auto", "none": "none", "layerskip": "layerskip:1", "lookup": "lookup:3", MODEL: draft_dir}
     specs |= {name: f"{name}:fresh" for name in HEAD_KIND_NAMES}
     assert set(specs) == {kind.name for kind in DRAFT_KINDS}
     for name, spec in specs.items():
         draft = make_draft(spec, deep if name == "auto" else target)
         if name == "none":
             assert draft is None
+            continue
+        if name == "lookup":  # learns by counting, without gradients
+            assert isinstance(draft, CountingDraft) and not isinstance(draft, TrainableDraft)
+            assert draft.name == spec and draft.describe()["max_ngram"] == 3 and not draft.wants_target_hidden
             continue
         assert isinstance(draft, TrainableDraft), name
         assert draft.name == ("layerskip:4" if name == "auto" else spec)

@@ -103,11 +103,15 @@ class Pipeline:
         """Let the draft learn online from this pipeline's speculative requests: THE way to attach a learner
         session (generate, bench and serve all use it). Each learned request's stats reach the session through
         `Generation.finish()` (which `result()` calls); returns the session, for `status()` and `close()`."""
+        from onlinespec.online.counting_draft import CountingDraft
+        from onlinespec.online.counting_session import CountingLearning
         from onlinespec.online.session import OnlineLearning
 
         if self.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), not none")
-        self.online = OnlineLearning(self.engine, cfg)
+        # A draft that learns by counting (the lookup draft) gets the session without gradients.
+        session = CountingLearning if isinstance(self.engine.draft, CountingDraft) else OnlineLearning
+        self.online = session(self.engine, cfg)
         return self.online
 
     def encode(self, prompt: str, chat: bool = True) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
     METHOD = LEARNER[-STEP][@FIELD=VALUE]...
 
-LEARNER is a learner name (online/learners, e.g. static, ogd, optimistic, ensemble, adamw); STEP a per-coordinate
+LEARNER is a learner name (online/learners, e.g. static, ogd, optimistic, ensemble, adamw, or `count` for a draft
+that learns without gradients: `--draft lookup`); STEP a per-coordinate
 step (sgd, adagrad, adam: LearnerConfig.step); each FIELD=VALUE sets a LearnerConfig field or one of the per-method
 OnlineConfig fields in METHOD_ONLINE_FIELDS, over the run's learning flags. Values are parsed as the field's type:
 numbers, strings, true/false, and pairs as A/B (adam_betas=0.9/0.95). Examples: `ogd` (the flags' settings),
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 
 from onlinespec.errors import UserError
+from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.learners import LEARNERS, PRECONDITIONERS, LearnerConfig
 from onlinespec.online.session import OnlineConfig
 
@@ -37,7 +39,7 @@ def split_method(method: str) -> tuple[str, str | None, list[tuple[str, str]]]:
     """`ogd-adam@lr=5e-4` -> ("ogd", "adam", [("lr", "5e-4")]); a UserError for an unknown name or setting."""
     name, *settings = method.split("@")
     learner, step = name, None
-    if name not in LEARNERS:
+    if name not in LEARNERS and name != COUNT:  # count: the lookup draft's learner (`--draft lookup`)
         base, _, suffix = name.rpartition("-")
         if base not in LEARNERS or suffix not in PRECONDITIONERS:
             raise UserError(

@@ -28,6 +28,7 @@ from onlinespec.decoding.metrics import RequestStats
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.learners import LEARNERS
 from onlinespec.online.session import OnlineConfig
 from onlinespec.pipeline import Pipeline
@@ -35,7 +36,7 @@ from onlinespec.prompting import encode_prompt
 
 WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up costs don't land on the first method
 REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
-METHODS = (REFERENCE, *LEARNERS)  # the plain names; a learner may also carry settings (bench/methods.py)
+METHODS = (REFERENCE, *LEARNERS, COUNT)  # the plain names; a learner may also carry settings (bench/methods.py)
 _PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
 # Fields of the online session's round record that the benchmark's own round record replaces.
 _SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}

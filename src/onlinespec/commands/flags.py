@@ -197,15 +197,17 @@ def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "
     """Flags of the online learner (docs/method.md §2), shared by every command that decodes. Returns their group,
     to which `add_session_flags` adds the flags of a long-running session; without those, the session settings
     are OnlineConfig's defaults."""
+    from onlinespec.online.counting_draft import COUNT
     from onlinespec.online.learners import LEARNERS
     from onlinespec.online.session import OnlineConfig
 
     group = parser.add_argument_group("online learning of the draft")
     group.add_argument(
         "--learner",
-        choices=tuple(LEARNERS),
+        choices=(*LEARNERS, COUNT),
         default=default_learner,
-        help="static = no learning; sgd-momentum and adamw are ablations (default: %(default)s)",
+        help=f"static = no learning; sgd-momentum and adamw are ablations; {COUNT} = the lookup draft's learning "
+        "without gradients (with --draft lookup every learner but static counts) (default: %(default)s)",
     )
     session = []
     for flag in learning_flags():

@@ -112,9 +112,12 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if learned is not None:
+        if "index_entries" in learned:  # a lookup draft: it learned by counting, there is no loss
+            what = f"index {learned['index_entries']} entries (~{learned['index_bytes'] / 1e6:.1f} MB)"
+        else:
+            what = f"loss {learned.get('loss', float('nan')):.4f}"
         print(
-            f"[{args.learner}] round {learned['round']}: loss {learned.get('loss', float('nan')):.4f}, "
-            f"update {learned.get('update_s', 0.0):.2f} s"
+            f"[{learned['learner']}] round {learned['round']}: {what}, update {learned.get('update_s', 0.0):.2f} s"
             + (f", saved to {args.draft_state}" if args.draft_state else ""),
             file=sys.stderr,
         )

@@ -130,5 +130,6 @@ def _run(args: argparse.Namespace) -> int:
         ServeSettings, args, model_name=args.model_name or args.target, request_timeout_s=args.request_timeout
     )
     options = config_from_args(ServerOptions, args, shutdown_grace_s=args.shutdown_grace)
-    serve_pipeline(pipe, settings, options, learner=args.learner)
+    learner = pipe.online.status().learner if pipe.online is not None else "static"  # `count` for a lookup draft
+    serve_pipeline(pipe, settings, options, learner=learner)
     return 0

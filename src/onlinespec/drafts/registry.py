@@ -99,6 +99,16 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         r"\d+",
         "write layerskip:N with N a positive whole number of layers",
     ),
+    DraftKind(
+        "lookup",
+        "lookup[:N[:E]]",
+        "no model: propose what followed the longest match of the last N (default 4) tokens in the request or in "
+        "earlier traffic, which it learns by counting (--learner count; at most E n-gram entries, default 200000)",
+        "onlinespec.drafts.lookup:make_lookup_draft",
+        r"([1-9]\d*(:[1-9]\d*)?)?",
+        "write lookup, lookup:N or lookup:N:E with N >= 1 the longest n-gram matched and E >= 1 the most index "
+        "entries kept",
+    ),
     head_kind(
         "eagle",
         "an EAGLE head (one decoder layer over the target's features)",

@@ -29,6 +29,7 @@ import torch
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.errors import UserError
+from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.draft_objective import DraftObjective, training_copy
 from onlinespec.online.feedback_buffer import FeedbackBuffer
 from onlinespec.online.learners import LearnerConfig, make_learner, relative_change
@@ -111,6 +112,7 @@ class SessionStatus:
     checkpoint_failures: int = 0  # snapshots that could not be written (the last good one stays on disk)
     last_checkpoint_error: str | None = None  # why the newest failed write failed
     last_good_round: int | None = None  # the round of the newest snapshot known to be on disk
+    draft_memory: dict[str, float] | None = None  # a counting draft's learned state now (entries, bytes, ...)
 
     @property
     def last_round_saved(self) -> bool:
@@ -123,29 +125,14 @@ class OnlineLearning:
     new weights are copied into the live draft at round boundaries."""
 
     def __init__(self, engine: SpeculativeEngine, cfg: OnlineConfig) -> None:
-        draft = engine.draft
-        if not isinstance(draft, TrainableDraft):
-            raise UserError(f"online learning does not support draft '{getattr(draft, 'name', draft)}'")
         self._cfg = cfg
-        self._draft = draft
+        self._draft = engine.draft
         # The static baseline decodes without learning: no buffer, no update, zero update time.
         self._learning = cfg.learner != "static"
-        self._buffer = FeedbackBuffer(cfg.top_k, cfg.positions, cfg.max_positions)
         self._private = False  # True while a request that must not be learned from decodes
+        self._buffer = self._attach(engine.draft)
         if self._learning:
             engine.add_listener(self._on_feedback)
-        named_live = dict(draft.model.named_parameters())
-        self._live = [named_live[n] for n in draft.trainable]
-        if cfg.prompt_positions and not isinstance(draft, TargetReadout):
-            raise UserError(
-                f"prompt_positions needs a draft that drafts from the target's features (eagle, medusa, hydra), "
-                f"not '{draft.name}': drop --prompt-positions"
-            )
-        self._objective = DraftObjective(
-            draft, training_copy(draft.model, draft.trainable), cfg.loss, cfg.unroll, cfg.mask_oov
-        )
-        self._replay = ReplayBuffer(cfg.replay_positions)
-        self._learner = make_learner(cfg.learner, self._objective.parameters(), cfg.learner_cfg)
         self._round = 0
         self._counters = RequestStats.zero()  # the open round's requests, summed
         self._update_s = 0.0  # all update time so far (sync: on the decoding path; overlap: in the background)
@@ -159,6 +146,32 @@ class OnlineLearning:
         self._last_good_round: int | None = None
         if cfg.state_dir:
             self._restore(cfg.state_dir)
+
+    def _attach(self, draft) -> FeedbackBuffer:
+        """Set up what learns `draft` (a gradient learner over a training copy); returns the feedback buffer.
+        A session for another kind of draft (online/counting_session.py) overrides this and the other hooks:
+        `_update`, `_publish`, `_positions`, `_draft_tensors`, `_learner_state`, `_info`, `_load`."""
+        if not isinstance(draft, TrainableDraft):
+            raise UserError(f"online learning does not support draft '{getattr(draft, 'name', draft)}'")
+        cfg = self._cfg
+        if cfg.learner == COUNT:
+            raise UserError(
+                f"learner '{COUNT}' learns drafts without gradients (--draft lookup); draft '{draft.name}' learns by "
+                "gradient: use ogd, optimistic or ensemble"
+            )
+        if cfg.prompt_positions and not isinstance(draft, TargetReadout):
+            raise UserError(
+                f"prompt_positions needs a draft that drafts from the target's features (eagle, medusa, hydra), "
+                f"not '{draft.name}': drop --prompt-positions"
+            )
+        named_live = dict(draft.model.named_parameters())
+        self._live = [named_live[n] for n in draft.trainable]
+        self._objective = DraftObjective(
+            draft, training_copy(draft.model, draft.trainable), cfg.loss, cfg.unroll, cfg.mask_oov
+        )
+        self._replay = ReplayBuffer(cfg.replay_positions)
+        self._learner = make_learner(cfg.learner, self._objective.parameters(), cfg.learner_cfg)
+        return FeedbackBuffer(cfg.top_k, cfg.positions, cfg.max_positions)
 
     def _on_feedback(self, record) -> None:
         if not self._private:
@@ -180,6 +193,7 @@ class OnlineLearning:
         return SessionStatus(
             learner=self._cfg.learner,
             learning=self._learning,
+            draft_memory=self._draft_memory(),
             round=self._round,
             state_dir=self._cfg.state_dir,
             last_record=last,
@@ -229,7 +243,7 @@ class OnlineLearning:
             "alpha": counters.alpha,
             "decode_s": counters.wall_s,
             "update_blocking_s": blocking_s,  # time decoding waited at this boundary
-            "positions": sum(len(e.pred_index) for e in examples),
+            "positions": self._positions(examples),
             # the learner's own round count must not overwrite ours: in "overlap" it lags by one
             **{("updated_round" if key == "round" else key): value for key, value in result.items()},
         }
@@ -304,6 +318,14 @@ class OnlineLearning:
             "update_s": elapsed,
         }
 
+    def _positions(self, examples) -> int:
+        """The round's training positions, for its record."""
+        return sum(len(e.pred_index) for e in examples)
+
+    def _draft_memory(self) -> dict[str, float] | None:
+        """What the draft's learned state holds, for status (None: nothing beyond its parameters)."""
+        return None
+
     def _background_update(self, examples) -> None:
         try:
             self._pending_result = self._update(examples)
@@ -327,10 +349,13 @@ class OnlineLearning:
             live.copy_(trained)
 
     # --- persistence -----------------------------------------------------------------------------------------
+    def _draft_tensors(self) -> dict[str, torch.Tensor]:
+        """The draft's learned tensors by name, as saved in draft.safetensors (the learner's current values)."""
+        return dict(zip(self._draft.trainable, self._objective.parameters(), strict=True))
+
     def _save(self, directory: str, warn: bool = True) -> None:
-        named = dict(zip(self._draft.trainable, self._objective.parameters(), strict=True))
         self._last_saved_round = self._round
-        self._write_snapshot(directory, named, self._learner_state(), self._info(), warn)
+        self._write_snapshot(directory, self._draft_tensors(), self._learner_state(), self._info(), warn)
 
     def _learner_state(self) -> dict:
         """The learner's state, plus the replay buffer's requests when there is one (shared tensors: never
@@ -347,8 +372,7 @@ class OnlineLearning:
         """Copy the state now (no update is in flight, so it is consistent) and write it in a thread; one write
         at a time. A write still running from the previous checkpoint is waited for first."""
         self._finish_saving()
-        trainable = self._draft.trainable
-        named = {n: p.detach().clone() for n, p in zip(trainable, self._objective.parameters(), strict=True)}
+        named = {n: p.detach().clone() for n, p in self._draft_tensors().items()}
         args = (directory, named, self._learner_state(), self._info())
         self._saver = threading.Thread(target=self._write_snapshot, args=args, daemon=True)
         self._saver.start()
@@ -385,6 +409,13 @@ class OnlineLearning:
         if loaded is None:
             return
         tensors, learner_state, info = loaded
+        self._load(tensors, learner_state, info, directory)
+        self._round = int(info["round"])
+        self._last_saved_round = self._last_good_round = self._round
+        self._publish()
+
+    def _load(self, tensors: dict[str, torch.Tensor], learner_state: dict, info: dict, directory: str) -> None:
+        """Take over a snapshot's draft tensors and learner state; a UserError if it belongs to another draft."""
         if info.get("draft") != self._draft.name or set(tensors) != set(self._draft.trainable):
             raise UserError(
                 f"draft state in '{directory}' was saved for draft '{info.get('draft')}', not '{self._draft.name}': "
@@ -394,9 +425,6 @@ class OnlineLearning:
         self._learner.load_state_dict(learner_state)
         if replay is not None and self._cfg.replay_positions:
             self._replay.load_state_dict(replay)
-        self._round = int(info["round"])
-        self._last_saved_round = self._last_good_round = self._round
-        self._publish()
 
 
 def _kept(round_no: int | None) -> str:

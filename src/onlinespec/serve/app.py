@@ -102,6 +102,7 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
         draft_round = learning.round if learning else 0
         if learning:
             metrics.observe_checkpoints(learning.checkpoints, learning.checkpoint_failures)
+        metrics.observe_draft_memory(worker.draft_memory())
         return Response(metrics.render(worker.jobs.qsize(), worker.in_flight, draft_round), media_type=CONTENT_TYPE)
 
     @app.get("/draft", dependencies=auth)

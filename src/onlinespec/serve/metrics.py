@@ -48,8 +48,13 @@ HELP = {  # every family /metrics shows, in order; a name ending in _total is a 
     "learner_loss_after": "Last round's loss after its update (w_{t+1}), on the same feedback.",
     "learner_oov_rate": "Fraction of last round's positions whose target top-1 is outside the draft vocabulary.",
     "learner_update_norm_ratio": "||w_{t+1} - w_t|| / ||w_t|| of last round's update.",
+    # a draft that learns by counting (lookup): its cross-request n-gram index now (NaN for other drafts)
+    "draft_index_entries": "Lookup draft: (context, next token) entries in its cross-request n-gram index.",
+    "draft_index_max_entries": "Lookup draft: the cap on those entries (least recently learned evicted first).",
+    "draft_index_bytes": "Lookup draft: approximate bytes the index holds.",
 }
 ROUND_GAUGES = ("loss", "loss_after", "oov_rate", "update_norm_ratio")  # record keys -> learner_<key>
+INDEX_GAUGES = ("entries", "max_entries", "bytes")  # CountingDraft.memory() keys -> draft_index_<key>
 LABELS = {  # label names of the labelled families, whose values are {tuple of label values: number}
     "http_responses_total": ("path", "code"),
     "requests_total": ("finish_reason", "learned"),
@@ -120,6 +125,7 @@ class ServerMetrics:
         self.values = {name: _initial(name) for name in HELP}
         self.values["learner_rounds_total"][(learner,)] = 0
         self.values.update({f"learner_{key}": math.nan for key in ROUND_GAUGES})  # none before the first round
+        self.values.update({f"draft_index_{key}": math.nan for key in INDEX_GAUGES})  # none without a lookup draft
         self.learner = learner
         self.latency: Histogram = self.values["request_seconds"]  # Worker.retry_after_s reads its mean
         self.registry = CollectorRegistry()
@@ -176,6 +182,14 @@ class ServerMetrics:
         """The session's own counts of snapshots written and failed (SessionStatus), as of now."""
         with self._lock:
             self.values["checkpoints_total"], self.values["checkpoint_failures_total"] = written, failed
+
+    def observe_draft_memory(self, memory: dict[str, float] | None) -> None:
+        """A counting draft's `memory()` as of now (None: the draft has no index)."""
+        if memory is None:
+            return
+        with self._lock:
+            for key in INDEX_GAUGES:
+                self.values[f"draft_index_{key}"] = float(memory[key])
 
     def count_learner_error(self) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ import torch
 
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.errors import UserError
+from onlinespec.online.counting_draft import CountingDraft
 from onlinespec.online.session import SessionStatus
 from onlinespec.online.trainable_draft import TrainableDraft
 from onlinespec.pipeline import Generation, GenerationResult, Pipeline
@@ -131,6 +132,12 @@ class Worker:
         """The learner session's telemetry view, or None when the server does not learn."""
         return self.pipe.online.status() if self.pipe.online is not None else None
 
+    def draft_memory(self) -> dict[str, float] | None:
+        """What a counting (lookup) draft's shared index holds now; None for other drafts. Read without the draft
+        lock: plain numbers the decoding thread updates between requests."""
+        draft = self.pipe.draft
+        return draft.memory() if isinstance(draft, CountingDraft) else None
+
     def draft_info(self) -> dict:
         """Which draft is live: its round and a digest of its trainable weights (blocks briefly; use a thread)."""
         draft = self.pipe.draft
@@ -144,6 +151,8 @@ class Worker:
             if isinstance(draft, TrainableDraft):  # the live draft's weights (a learner publishes into them)
                 named = dict(draft.model.named_parameters())
                 info["digest"] = tensors_digest({name: named[name] for name in draft.trainable})
+            if isinstance(draft, CountingDraft):  # the lookup draft's index (the learner adds to it)
+                info["index"] = draft.memory()
         return info
 
     def shutdown(self) -> None:

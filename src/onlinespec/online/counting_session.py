@@ -1,0 +1,79 @@
+"""The round loop for drafts that learn without gradients (online/counting_draft.py: the lookup draft).
+
+Same surface and bookkeeping as `OnlineLearning` (rounds, records, `private()`, snapshots, `status()`, `close()`);
+only the hooks differ:
+- feedback: each learned request's committed tokens (online/committed_text.py), nothing else;
+- update: `draft.learn(requests)` at the round boundary, on the caller's thread whatever the schedule says. It is a
+  few dict inserts per token (milliseconds a round), and proposals read the index it writes: a background thread
+  would race with them. Nothing to publish: the draft is changed in place, between requests only;
+- learner: `static` freezes the draft (a restored index is used, nothing is added); any other name counts (the
+  session reports it as `count`), so `serve`'s default learner just works with `--draft lookup`;
+- snapshot: the draft's `state_tensors()` in draft.safetensors, its description in state.json under "counting";
+  restoring checks that description (vocabulary, tokenizer, n-gram orders) and the tensors, and refuses a
+  mismatch with a UserError naming the directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.errors import UserError
+from onlinespec.online.committed_text import CommittedText
+from onlinespec.online.counting_draft import COUNT, CountingDraft
+from onlinespec.online.session import OnlineConfig, OnlineLearning
+
+
+class CountingLearning(OnlineLearning):
+    """A learning session for a `CountingDraft`: `Pipeline.enable_learning` picks it for such a draft."""
+
+    def __init__(self, engine: SpeculativeEngine, cfg: OnlineConfig) -> None:
+        if not isinstance(engine.draft, CountingDraft):
+            raise UserError(f"draft '{getattr(engine.draft, 'name', engine.draft)}' does not learn by counting")
+        learner = "static" if cfg.learner == "static" else COUNT
+        super().__init__(engine, replace(cfg, learner=learner, schedule="sync"))
+
+    def _attach(self, draft: CountingDraft) -> CommittedText:
+        return CommittedText(self._cfg.max_positions)
+
+    def _update(self, examples: list[torch.Tensor]) -> dict:
+        tic = time.perf_counter()
+        telemetry = self._draft.learn(examples)
+        elapsed = time.perf_counter() - tic
+        self._update_s += elapsed
+        return {**telemetry, "update_s": elapsed}
+
+    def _publish(self) -> None:
+        """Nothing: `learn` changed the live draft already (at the boundary, between requests)."""
+
+    def _positions(self, examples: list[torch.Tensor]) -> int:
+        return sum(ids.shape[0] for ids in examples)
+
+    def _draft_memory(self) -> dict[str, float]:
+        return self._draft.memory()
+
+    def _draft_tensors(self) -> dict[str, torch.Tensor]:
+        return self._draft.state_tensors()
+
+    def _learner_state(self) -> dict:
+        return {}
+
+    def _info(self) -> dict:
+        return {**super()._info(), "counting": self._draft.describe()}
+
+    def _load(self, tensors: dict[str, torch.Tensor], learner_state: dict, info: dict, directory: str) -> None:
+        if "counting" not in info:
+            raise UserError(
+                f"draft state in '{directory}' was saved for draft '{info.get('draft')}', which does not learn by "
+                f"counting, not for '{self._draft.name}': use another --draft-state directory"
+            )
+        try:
+            self._draft.load_state(tensors, info["counting"])
+        except ValueError as exc:
+            raise UserError(
+                f"cannot use the draft state in '{directory}' for draft '{self._draft.name}': {exc}. Use another "
+                "--draft-state directory (or delete this one to start from an empty index)"
+            ) from None
