@@ -40,7 +40,7 @@ from onlinespec.models.resolve import LoadedModel
 MAX_NGRAM = 4
 MIN_NGRAM = 1
 MAX_ENTRIES = 200_000  # about 70 MB (ngram_index.py); `lookup:N:E` sets another cap
-MIN_CONFIDENCE = 0.3  # stop drafting once the chain's estimated acceptance (product of q) falls below this
+MIN_CONFIDENCE = 0.3  # stop once the chain's estimated acceptance (product of q) falls below this; not tuned yet
 STATE_FORMAT = 1
 
 
