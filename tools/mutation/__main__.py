@@ -33,6 +33,7 @@ from mut_targets import GROUPS, Group
 
 REPO = Path(__file__).resolve().parents[2]
 EQUIVALENTS = REPO / "docs" / "mutation-equivalent.md"
+SLOW_CASE_S = 1.0  # --per-function limits only the cases of a parametrized test that took this long in the map run
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,7 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--per-function",
         type=int,
         default=2,
-        help="run at most this many cases of one parametrized test per mutant (the fastest); 0 = all",
+        help="run at most this many cases of one parametrized test per mutant (the fastest) among those that take "
+        "a second or more; faster cases (tables of settings, say) all run; 0 = all",
     )
     # generous: on a loaded machine a surviving mutant must not pass for a timeout (a kill)
     ap.add_argument("--timeout-base", type=float, default=120, help="per-mutant limit: base + factor x tests' time")
@@ -136,7 +138,8 @@ def line_map(root: Path, out: Path, pool: list[str], files: list[str], print_: c
 
 def select(mutant: Mutant, group: Group, data: dict, max_test_s: float, per_function: int) -> list[str]:
     """The pool's tests that ran the mutant's lines (any line of its file, for import-time code), fastest first:
-    none slower than `max_test_s`, at most `per_function` cases of a parametrized test (0 = no limit)."""
+    none slower than `max_test_s`, at most `per_function` cases of a parametrized test that take SLOW_CASE_S or
+    more (0 = no limit)."""
     durations, lines = data["durations"], data["lines"]
     pool = [t for t in durations if t.split("::")[0] in group.tests and t not in data["failed"]]
     if max_test_s:
@@ -150,8 +153,9 @@ def select(mutant: Mutant, group: Group, data: dict, max_test_s: float, per_func
     chosen, cases = [], {}
     for test in sorted(pool, key=lambda t: durations[t]):
         function = test.split("[")[0]
-        cases[function] = cases.get(function, 0) + 1
-        if not per_function or cases[function] <= per_function:
+        if durations[test] >= SLOW_CASE_S:
+            cases[function] = cases.get(function, 0) + 1
+        if not per_function or cases.get(function, 0) <= per_function:
             chosen.append(test)
     return chosen
 
@@ -220,7 +224,7 @@ def main(argv: list[str]) -> None:
         print(text, flush=True)
 
     tic = time.monotonic()
-    choice = f"max_test_s={args.max_test_s:g} per_function={args.per_function}"
+    choice = f"max_test_s={args.max_test_s:g} per_function={args.per_function} (cases of {SLOW_CASE_S:g} s or more)"
     header = {
         "command": " ".join(["python3 tools/mutation", *argv]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
