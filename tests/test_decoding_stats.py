@@ -61,3 +61,11 @@ def test_generation_defaults_and_the_seed_range() -> None:
     for seed in (SEED_RANGE[0] - 1, SEED_RANGE[1] + 1):
         with pytest.raises(UserError, match="seed must be a 64-bit integer"):
             GenerationConfig(seed=seed)
+
+
+def test_k_and_the_token_budget_must_be_at_least_one() -> None:
+    assert (GenerationConfig(k=1, max_new_tokens=1).k, GenerationConfig(max_new_tokens=1).max_new_tokens) == (1, 1)
+    with pytest.raises(UserError, match="k \\(drafted tokens per step\\) must be >= 1, got 0"):
+        GenerationConfig(k=0)
+    with pytest.raises(UserError, match="max new tokens must be >= 1, got 0"):
+        GenerationConfig(max_new_tokens=0)
