@@ -7,12 +7,13 @@ import time
 
 import pytest
 import torch
-from conftest import draft_of, tiny_llama
+from conftest import draft_of, noisy_copy, run_ar, run_spec, tiny_llama
 
 from onlinespec.decoding.autoregressive import autoregressive_stream
 from onlinespec.decoding.config import DEFAULT_K, SEED_RANGE, GenerationConfig
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
+from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.errors import UserError
 
@@ -50,6 +51,27 @@ def test_speculative_stats_count_forwards_drafts_and_only_their_own_time() -> No
     assert (stats.drafted, stats.accepted, stats.accept_hist) == (9, 9, [0, 0, 0, 3])
     assert stats.draft_s > 0 and stats.target_s > 0
     assert stats.draft_s + stats.target_s < stats.wall_s < elapsed - yields * PAUSE_S
+
+
+def test_a_prefill_only_request_counts_its_one_forward_as_target_time() -> None:
+    target = tiny_llama(seed=43)
+    engine = SpeculativeEngine(target, draft_of(target, 96))
+    stop, stats = StopCriteria(1, frozenset()), RequestStats()
+    yields, elapsed = consume_slowly(engine.stream(torch.arange(5), GenerationConfig(max_new_tokens=1), stop, stats))
+    assert (stats.new_tokens, stats.target_forwards, stats.drafted, stats.draft_s, yields) == (1, 1, 0, 0.0, 1)
+    assert 0 < stats.target_s < stats.wall_s < elapsed - PAUSE_S
+
+
+def test_a_seed_makes_sampling_repeatable_and_another_seed_changes_it() -> None:
+    target = tiny_llama(seed=44)
+    engine = SpeculativeEngine(target, draft_of(noisy_copy(target, 0.5), 96))
+    sampling = SamplingConfig(temperature=1.0)
+
+    def sampled(seed: int) -> tuple[list[int], list[int]]:
+        cfg = GenerationConfig(max_new_tokens=24, k=3, sampling=sampling, seed=seed)
+        return run_ar(target, torch.arange(5), cfg)[0], run_spec(engine, torch.arange(5), cfg)[0]
+
+    assert sampled(5) == sampled(5) and sampled(5) != sampled(6)
 
 
 def test_generation_defaults_and_the_seed_range() -> None:
