@@ -25,6 +25,7 @@ def test_total_sums_in_order_and_is_zero_when_empty() -> None:
     three = RequestStats.total([a, a, a])
     assert three == a + a + a and three.requests == 3 and three.accept_hist == [3, 3]
     assert three.tau == 1.5 and three.alpha == 0.25
+    assert a.tokens_per_s == 6.0  # under a second of wall time
     empty = RequestStats.total([])
     assert empty == RequestStats.zero() and empty.requests == 0
     assert (empty.tau, empty.alpha, empty.tokens_per_s) == (0.0, 0.0, 0.0)
