@@ -33,7 +33,7 @@ def test_total_sums_in_order_and_is_zero_when_empty() -> None:
 
 
 def test_to_dict_rounds_each_rate_and_time() -> None:
-    stats = RequestStats(5, 10, 3, 9, 2, [1, 1, 1], wall_s=3.0, draft_s=1 / 3, target_s=2 / 3)
+    stats = RequestStats(5, 10, 3, 9, 2, [1, 1, 1], wall_s=3.00001, draft_s=1 / 3, target_s=2 / 3)
     assert stats.to_dict() == {
         "prompt_tokens": 5,
         "new_tokens": 10,
