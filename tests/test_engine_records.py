@@ -75,5 +75,6 @@ def test_tree_records_are_the_accepted_path_and_the_first_rejected_child(tiny_ta
 
 def test_a_chain_only_draft_with_a_tree_is_a_user_error(tiny_target) -> None:
     engine = SpeculativeEngine(tiny_target, draft_of(tiny_target, VOCAB))
+    assert (engine.target_cache, engine.features) == (None, None)  # no request yet: no cache, no features
     with pytest.raises(UserError, match="draft 'test-draft' drafts chains only: use --tree chain"):
         run_spec(engine, torch.arange(4), GenerationConfig(max_new_tokens=4, tree=TreeConfig("static")))

@@ -25,6 +25,7 @@ def test_total_sums_in_order_and_is_zero_when_empty() -> None:
     three = RequestStats.total([a, a, a])
     assert three == a + a + a and three.requests == 3 and three.accept_hist == [3, 3]
     assert three.tau == 1.5 and three.alpha == 0.25
+    assert a.tokens_per_s == 6.0  # under a second of wall time
     empty = RequestStats.total([])
     assert empty == RequestStats.zero() and empty.requests == 0
     assert (empty.tau, empty.alpha, empty.tokens_per_s) == (0.0, 0.0, 0.0)
@@ -32,7 +33,7 @@ def test_total_sums_in_order_and_is_zero_when_empty() -> None:
 
 
 def test_to_dict_rounds_each_rate_and_time() -> None:
-    stats = RequestStats(5, 10, 3, 9, 2, [1, 1, 1], wall_s=3.0, draft_s=1 / 3, target_s=2 / 3)
+    stats = RequestStats(5, 10, 3, 9, 2, [1, 1, 1], wall_s=3.00001, draft_s=1 / 3, target_s=2 / 3)
     assert stats.to_dict() == {
         "prompt_tokens": 5,
         "new_tokens": 10,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from onlinespec.decoding.sampling import MIN_TEMPERATURE, SamplingConfig, probs_from_logits
+from onlinespec.decoding.verify import verify_sampling
 from onlinespec.errors import UserError
 
 
@@ -58,3 +59,20 @@ def test_top_p_drops_a_token_once_the_mass_before_it_reaches_top_p() -> None:
     torch.testing.assert_close(above, torch.tensor([2 / 3, 1 / 3, 0.0]))  # 0.5 < 0.75 keeps token 1
     tiny = probs_from_logits(logits, SamplingConfig(temperature=1.0, top_p=1e-46))  # underflows float32
     assert tiny.tolist() == [1.0, 0.0, 0.0]  # the top token always stays
+
+
+def test_top_k_of_one_keeps_only_the_top_token_and_top_p_of_one_keeps_even_a_tiny_tail() -> None:
+    logits = torch.tensor([0.0, 2.0, 1.0])
+    assert probs_from_logits(logits, SamplingConfig(temperature=1.0, top_k=1)).tolist() == [0.0, 1.0, 0.0]
+    tail = torch.tensor([0.0, -25.0])  # p = 1.4e-11: the mass before it rounds to 1.0 in float32
+    kept = probs_from_logits(tail, SamplingConfig(temperature=1.0, top_p=1.0))
+    assert torch.equal(kept, torch.softmax(tail, dim=-1)) and kept[1] > 0
+
+
+def test_a_rejection_with_no_residual_mass_falls_back_to_p() -> None:
+    """p below q on the draft and nowhere above it (what rounding can leave): the residual max(0, p - q) is all
+    zero, so the next token is drawn from p itself."""
+    p = torch.tensor([[0.0, 0.5], [0.5, 0.5]])
+    q = torch.tensor([[0.5, 0.5]])
+    n, token = verify_sampling(p, q, torch.tensor([0]), torch.Generator().manual_seed(0))
+    assert (int(n), int(token)) == (0, 1)

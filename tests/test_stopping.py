@@ -50,3 +50,9 @@ def test_without_a_tokenizer_the_text_is_empty_and_eos_still_stops() -> None:
 def test_the_text_is_cut_at_the_earliest_of_several_stop_strings() -> None:
     stop = StopCriteria(100, frozenset(), ("yz", "c"), CharTokenizer())
     assert stop.extend(ids("abcxyz")) == ids("abc") and stop.text() == "ab"
+
+
+def test_a_stop_string_completed_by_the_last_token_of_a_step() -> None:
+    stop = StopCriteria(100, frozenset(), ("bc",), CharTokenizer())
+    stop.extend(ids("a"))
+    assert stop.extend(ids("bc")) == ids("bc") and stop.finish_reason == "stop" and stop.text() == "a"

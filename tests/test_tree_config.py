@@ -7,7 +7,7 @@ import torch
 
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.sampling import SamplingConfig
-from onlinespec.decoding.tree import TreeConfig, TreeProposal, static_tree_shape
+from onlinespec.decoding.tree import TreeConfig, TreeProposal, ancestor_mask, static_tree_shape
 from onlinespec.errors import UserError
 
 SIZES = ("depth", "top_k", "total_tokens", "static_nodes")
@@ -55,3 +55,11 @@ def test_default_static_shape_is_eagles_25_nodes_of_depth_5() -> None:
 def test_node_depths_follow_the_parents() -> None:
     proposal = TreeProposal(torch.zeros(5, dtype=torch.long), [-1, -1, 0, 2, 1], torch.zeros(5, 3))
     assert proposal.depths == [1, 1, 2, 3, 2]
+
+
+def test_ancestor_masks_with_and_without_the_root_by_hand() -> None:
+    parents = [-1, 0, 0, 1]  # root -> 0 -> (1 -> 3, 2)
+    nodes = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]
+    assert ancestor_mask(parents, include_root=False).int().tolist() == nodes
+    with_root = [[1, 0, 0, 0, 0]] + [[1, *row] for row in nodes]
+    assert ancestor_mask(parents, include_root=True).int().tolist() == with_root
