@@ -91,7 +91,7 @@ def test_every_entry_builds_a_draft_that_learning_and_the_engine_can_use(models)
     # auto falls back to layerskip:4 without a bundled head: a 6-layer target has room for it
     deep = LoadedModel(spec="tiny", model=tiny_llama(layers=6, vocab=6), tokenizer=target.tokenizer)
     specs = {"auto": "auto", "none": "none", "layerskip": "layerskip:1", "lookup": "lookup:3", MODEL: draft_dir}
-    specs |= {name: f"{name}:fresh" for name in HEAD_KIND_NAMES}
+    specs |= {name: f"{name}:fresh" for name in HEAD_KIND_NAMES} | {"hybrid": "hybrid:medusa:fresh"}
     assert set(specs) == {kind.name for kind in DRAFT_KINDS}
     for name, spec in specs.items():
         draft = make_draft(spec, deep if name == "auto" else target)
@@ -105,7 +105,11 @@ def test_every_entry_builds_a_draft_that_learning_and_the_engine_can_use(models)
         assert isinstance(draft, TrainableDraft), name
         assert draft.name == ("layerskip:4" if name == "auto" else spec)
         assert set(draft.trainable) <= {n for n, _ in draft.model.named_parameters()}
-        assert draft.wants_target_hidden == (name in HEAD_KIND_NAMES)
+        assert draft.wants_target_hidden == (name in (*HEAD_KIND_NAMES, "hybrid"))
+        if name == "hybrid":  # lookup + a head: learning trains the head
+            assert (
+                isinstance(draft.head.model, head_kind_entry("medusa").head_class) and draft.model is draft.head.model
+            )
         if name in HEAD_KIND_NAMES:
             assert isinstance(draft, head_kind_entry(name).draft_class)
             assert isinstance(draft.model, head_kind_entry(name).head_class)

@@ -109,6 +109,15 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         "write lookup, lookup:N or lookup:N:E with N >= 1 the longest n-gram matched and E >= 1 the most index "
         "entries kept",
     ),
+    DraftKind(
+        "hybrid",
+        "hybrid[:HEAD]",
+        "the lookup draft's proposal where the last 2+ tokens match earlier text of the request, a head draft's "
+        "elsewhere (HEAD: eagle, medusa or hydra[:DIR|:fresh]; default the bundled eagle head)",
+        "onlinespec.drafts.hybrid:make_hybrid_draft",
+        r"([a-z]+(:.+)?)?",
+        "write hybrid or hybrid:HEAD with HEAD a head draft spec, e.g. hybrid:eagle:DIR",
+    ),
     head_kind(
         "eagle",
         "an EAGLE head (one decoder layer over the target's features)",

@@ -1,0 +1,223 @@
+"""Our drafts against what HF transformers users already have: `generate()` and prompt-lookup decoding.
+
+    python benchmarks/bench_vs_hf.py                                    # 4 prompts x 3 streams x 96 tokens
+    python benchmarks/bench_vs_hf.py --prompts 1 --max-new-tokens 24   # quick end-to-end check
+
+Methods, interleaved per prompt in one process (greedy, the same target weights and dtype):
+- hf_plain: `model.generate()`; hf_lookup: `model.generate(prompt_lookup_num_tokens=N)` (no draft model);
+- ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K).
+Prompts: the first `--prompts` online items of each `--streams` source (chat-wrapped, as `onlinespec bench`).
+tokens/s = new tokens / wall seconds of the whole call, summed over prompts per stream. Greedy equality: every
+ours_* against ours_ar, hf_lookup against hf_plain, ours_ar against hf_plain (in reduced precision a k-token and a
+1-token forward may round differently: the mismatch count says how often that changed the text).
+Writes results.json and report.md to --out. Run with OMP_NUM_THREADS set and an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tqdm import tqdm
+
+from onlinespec import GenerationConfig, Pipeline
+from onlinespec.bench.prompts import source_stream
+from onlinespec.drafts import make_draft
+from onlinespec.models.resolve import load_model
+from onlinespec.prompting import encode_prompt
+
+TARGET = "smollm2-135m"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--streams", default="humaneval,spider,writingbench", help="comma-separated prompt sources")
+    p.add_argument("--prompts", type=int, default=4, help="first N online prompts of each stream")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--drafts", default="eagle@2,hybrid@2,hybrid@3", help="comma-separated DRAFT@K")
+    p.add_argument("--hf-lookup", type=int, default=5, help="HF prompt_lookup_num_tokens (0 = leave hf_lookup out)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default="bench-out/vs-hf")
+    return p.parse_args(argv)
+
+
+def run_hf(model: torch.nn.Module, ids: torch.Tensor, n_new: int, eos: list[int], **kwargs: Any) -> dict:
+    """HF greedy generate on ids [T]; {"tokens", "seconds"}."""
+    with torch.inference_mode():
+        tic = time.perf_counter()
+        out = model.generate(
+            input_ids=ids[None],
+            attention_mask=torch.ones_like(ids)[None],
+            max_new_tokens=n_new,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos[0],
+            **kwargs,
+        )
+        seconds = time.perf_counter() - tic
+    return {"tokens": out[0, ids.shape[0] :].tolist(), "seconds": seconds}
+
+
+def run_ours(pipe: Pipeline, ids: torch.Tensor, n_new: int, k: int, mode: str) -> dict:
+    tic = time.perf_counter()
+    result = pipe.start(ids, GenerationConfig(max_new_tokens=n_new, k=k), mode=mode).result()
+    seconds = time.perf_counter() - tic
+    s = result.stats
+    return {
+        "tokens": result.token_ids,
+        "seconds": seconds,
+        "forwards": s.target_forwards,
+        "drafted": s.drafted,
+        "accepted": s.accepted,
+    }
+
+
+def first_diff(a: list[int], b: list[int]) -> int | None:
+    """The first position where a and b differ (or the shorter length), None when equal."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def summarise(rows: list[dict], methods: list[str]) -> dict[str, dict]:
+    """Per method over rows: new tokens, wall s, tokens/s, and tau / alpha for speculative ones."""
+    out: dict[str, dict] = {}
+    for m in methods:
+        runs = [r[m] for r in rows]
+        n, secs = sum(len(x["tokens"]) for x in runs), sum(x["seconds"] for x in runs)
+        entry = {"new_tokens": n, "wall_s": round(secs, 3), "tokens_per_s": n / secs if secs else 0.0}
+        if "forwards" in runs[0]:
+            drafted = sum(x["drafted"] for x in runs)
+            entry["tau"] = n / max(1, sum(x["forwards"] for x in runs))
+            entry["alpha"] = sum(x["accepted"] for x in runs) / drafted if drafted else 0.0
+        out[m] = entry
+    for m in methods:
+        for base in ("hf_plain", "hf_lookup", "ours_ar"):
+            if base in out and out[base]["tokens_per_s"]:
+                out[m][f"vs_{base}"] = out[m]["tokens_per_s"] / out[base]["tokens_per_s"]
+    return out
+
+
+def equality(rows: list[dict], methods: list[str]) -> dict[str, dict]:
+    pairs = [(m, "ours_ar") for m in methods if m.startswith("ours:")]
+    pairs += [(a, b) for a, b in (("hf_lookup", "hf_plain"), ("ours_ar", "hf_plain")) if a in methods]
+    out = {}
+    for a, b in pairs:
+        bad = [(r["stream"], r["prompt"], first_diff(r[a]["tokens"], r[b]["tokens"])) for r in rows]
+        bad = [x for x in bad if x[2] is not None]
+        out[f"{a} vs {b}"] = {"compared": len(rows), "mismatching": len(bad), "first": bad[0] if bad else None}
+    return out
+
+
+def report(args: argparse.Namespace, per_stream: dict, eq: dict, methods: list[str]) -> str:
+    lines = [
+        f"# bench_vs_hf: {args.prompts} prompts per stream x {args.max_new_tokens} new tokens, {args.dtype}, "
+        f"{torch.get_num_threads()} threads, greedy",
+        "",
+    ]
+    for stream, summary in per_stream.items():
+        lines += [f"## {stream}", "", "| method | tokens/s | vs hf_plain | vs hf_lookup | vs ours_ar | tau |"]
+        lines += ["|---|---:|---:|---:|---:|---:|"]
+        for m in methods:
+            s = summary[m]
+            cells = [
+                f"{s.get(f'vs_{b}', 0):.3f}" if f"vs_{b}" in s else "-" for b in ("hf_plain", "hf_lookup", "ours_ar")
+            ]
+            tau = f"{s['tau']:.3f}" if "tau" in s else "-"
+            lines.append(f"| {m} | {s['tokens_per_s']:.2f} | {' | '.join(cells)} | {tau} |")
+        lines.append("")
+    lines += ["| greedy equality | compared | mismatching | first (stream, prompt, position) |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {e['compared']} | {e['mismatching']} | {e['first'] or '-'} |" for name, e in eq.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    target = load_model(TARGET, args.dtype)
+    ar = Pipeline(target, None)
+    drafts: dict[str, tuple[Pipeline, int]] = {}
+    for entry in args.drafts.split(","):
+        spec, _, k = entry.partition("@")
+        drafts[f"ours:{entry}"] = (Pipeline(target, make_draft(spec, target, args.dtype)), int(k or 2))
+    eos = sorted(ar.eos_ids)
+    methods = ["hf_plain", *(["hf_lookup"] if args.hf_lookup else []), "ours_ar", *drafts]
+    prompts = [
+        (name, i, encode_prompt(target.tokenizer, p.chat()))
+        for name in args.streams.split(",")
+        for i, p in enumerate(source_stream(name).online[: args.prompts])
+    ]
+
+    def run(method: str, ids: torch.Tensor, n_new: int) -> dict:
+        if method == "hf_plain":
+            return run_hf(target.model, ids, n_new, eos)
+        if method == "hf_lookup":
+            return run_hf(target.model, ids, n_new, eos, prompt_lookup_num_tokens=args.hf_lookup)
+        if method == "ours_ar":
+            return run_ours(ar, ids, n_new, 1, "ar")
+        pipe, k = drafts[method]
+        return run_ours(pipe, ids, n_new, k, "spec")
+
+    for m in methods:  # warm-up: one short call each
+        run(m, prompts[0][2], 8)
+    rows = []
+    for stream, i, ids in tqdm(prompts, desc="prompts"):
+        rows.append(
+            {
+                "stream": stream,
+                "prompt": i,
+                "prompt_tokens": int(ids.shape[0]),
+                **{m: run(m, ids, args.max_new_tokens) for m in methods},
+            }
+        )
+    per_stream = {s: summarise([r for r in rows if r["stream"] == s], methods) for s in args.streams.split(",")}
+    per_stream["all"] = summarise(rows, methods)
+    eq = equality(rows, methods)
+    hybrid_steps = {m: dict(p.draft.steps) for m, (p, _) in drafts.items() if hasattr(p.draft, "steps")}
+    text = report(args, per_stream, eq, methods)
+    if hybrid_steps:
+        text += "\nsteps drafted by each part of a hybrid draft (warm-up included): " + json.dumps(hybrid_steps) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "config": {
+            **vars(args),
+            "target": TARGET,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+        },
+        "summary": per_stream,
+        "equality": eq,
+        "hybrid_steps": hybrid_steps,
+        "rows": [
+            {k: ({**v, "seconds": round(v["seconds"], 4)} if isinstance(v, dict) else v) for k, v in r.items()}
+            for r in rows
+        ],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.md").write_text(text)
+    print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The hybrid draft: the lookup draft's proposal where the text repeats itself, a head draft's everywhere else.
+
+Per verify step (every proposed token is still verified by the target, so the output stays the target's):
+- ask the lookup draft (drafts/lookup.py: the longest suffix match in this request, then in earlier traffic) for
+  up to k tokens from a match of at least `min_match` tokens; if it proposes any, verify those;
+- otherwise ask the head draft (by default the EAGLE head bundled for the target) for min(k, head_k) tokens.
+A lookup match is often right for a long span (code and text that copy earlier text), a head's guesses fade with
+depth, and a verify over more positions costs more: so k caps the lookup's chain and `head_k` (HEAD_K) the head's.
+The lookup costs a few dict look-ups; the head costs k small forwards, paid only on the steps it drafts.
+A match of one token is weak evidence (a common token is followed by many things), so by default a lookup
+proposal needs a match of two or more tokens (MIN_MATCH, measured in benchmarks/bench_hybrid.py).
+
+Both drafts keep their request state: the head is told every committed token and the target's features at every
+`commit`, whichever draft proposed (an EAGLE head feeds the features it has not seen at its next proposal).
+Online learning trains the head (the hybrid is a `TrainableDraft` through it); the lookup's request index needs
+no learning. Chains only: the head alone drafts trees (`--draft eagle --tree ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from onlinespec.decoding.draft import Proposal
+from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.decoding.tree import TreeConfig, TreeProposal
+from onlinespec.drafts.causal_lm import target_vocab_size
+from onlinespec.drafts.head_draft import HeadDraft
+from onlinespec.drafts.lookup import LookupDraft
+from onlinespec.drafts.registry import DraftSpec, make_draft
+from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel
+from onlinespec.online.feedback_buffer import RequestExamples
+from onlinespec.online.trainable_draft import ExampleTerm
+
+MIN_MATCH = 2  # the shortest suffix match whose continuation the hybrid drafts instead of the head's
+HEAD_K = 2  # the head's chain length: the bundled EAGLE head's fastest k (README)
+DEFAULT_HEAD = "eagle"
+
+
+class HybridDraft:
+    """Lookup where it matches, the head elsewhere (module docstring). Counts which one drafted each step."""
+
+    supports_tree = False
+
+    def __init__(self, lookup: LookupDraft, head: HeadDraft, name: str = "hybrid", head_k: int = HEAD_K) -> None:
+        self.lookup = lookup
+        self.head = head
+        self.head_k = head_k
+        self.name = name
+        self.wants_target_hidden = head.wants_target_hidden
+        self.steps = {"lookup": 0, "head": 0}  # proposals made by each, since the draft was built
+
+    # --- Draft (decoding/draft.py) ---------------------------------------------------------------------------
+    def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        """A new request: prompt_ids LongTensor [T]; features [T, d] for the head."""
+        self.lookup.begin(prompt_ids)
+        self.head.begin(prompt_ids, features)
+
+    def propose(
+        self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
+    ) -> Proposal:
+        """ids [L] committed tokens -> the lookup's proposal (1..k tokens) if it matches, else the head's
+        min(k, head_k)."""
+        proposal = self.lookup.propose(ids, k, sampling, generator)
+        if proposal.tokens.numel():
+            self.steps["lookup"] += 1
+            return proposal
+        self.steps["head"] += 1
+        return self.head.propose(ids, min(k, self.head_k), sampling, generator)
+
+    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
+        raise NotImplementedError("the hybrid draft proposes chains only (supports_tree = False)")
+
+    def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
+        """Both drafts learn what was committed (the head its features, whoever proposed)."""
+        self.lookup.commit(num_accepted)
+        self.head.commit(num_accepted, features)
+
+    # --- TrainableDraft (online/trainable_draft.py) and TargetReadout: the head is what learns -----------------
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.head.model
+
+    @property
+    def trainable(self) -> list[str]:
+        return self.head.trainable
+
+    def example_terms(self, call: Callable[..., object], ex: RequestExamples) -> list[ExampleTerm]:
+        return self.head.example_terms(call, ex)
+
+    def draft_ids(self, target_ids: torch.Tensor) -> torch.Tensor:
+        return self.head.draft_ids(target_ids)
+
+    def target_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head.target_logits(features)
+
+
+def make_hybrid_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> HybridDraft:
+    """`hybrid` (lookup + the bundled EAGLE head) or `hybrid:HEAD` with HEAD any head spec (`eagle:DIR`, ...)."""
+    head_spec = spec.argument or DEFAULT_HEAD
+    head = make_draft(head_spec, target, dtype)
+    if not isinstance(head, HeadDraft):
+        raise UserError(
+            f"bad draft spec '{spec.text}': after 'hybrid:' give a head draft (eagle, medusa, hydra, with :DIR or "
+            f":fresh), not '{head_spec}'"
+        )
+    lookup = LookupDraft(target_vocab_size(target), min_ngram=MIN_MATCH, tokenizer=target.tokenizer)
+    return HybridDraft(lookup, head, name=spec.text)

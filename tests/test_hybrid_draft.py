@@ -1,0 +1,134 @@
+"""The hybrid draft (drafts/hybrid.py): the lookup's proposal where the request repeats itself, the head's elsewhere.
+
+Greedy equality in fp32 with both parts drafting, which part drafts when, the head's chain cap, the head kept in
+step across lookup steps (its drafts equal a head-only draft's at the same context), online learning of the head,
+and the spec's refusals.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_ar, run_spec, tiny_llama
+from test_sampling_exact import PASS_P_VALUE, chi2_p_value, exact_two_token_distribution
+
+from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.drafts import make_draft
+from onlinespec.drafts.eagle import EagleDraft
+from onlinespec.drafts.heads import build_head
+from onlinespec.drafts.hybrid import HybridDraft
+from onlinespec.drafts.lookup import LookupDraft
+from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel
+from onlinespec.online.learners import LearnerConfig
+from onlinespec.online.session import OnlineConfig, OnlineLearning
+from onlinespec.online.trainable_draft import TrainableDraft
+
+VOCAB = 96
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+def hybrid(target: torch.nn.Module, head_k: int = 2, seed: int = 0) -> HybridDraft:
+    torch.manual_seed(seed)
+    head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
+    return HybridDraft(LookupDraft(VOCAB, min_ngram=2), head, name="hybrid", head_k=head_k)
+
+
+def repeating_prompt(seed: int = 0) -> torch.Tensor:
+    """A random 12-token phrase said three times, then its first 3 tokens: the lookup has long matches."""
+    phrase = torch.randint(0, VOCAB, (12,), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([phrase, phrase, phrase, phrase[:3]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_output_equals_autoregressive_output_with_both_parts_drafting(seed: int) -> None:
+    target = tiny_llama(seed=seed)
+    draft = hybrid(target, seed=seed)
+    engine = SpeculativeEngine(target, draft)
+    cfg = GenerationConfig(max_new_tokens=48, k=4)
+    for prompt in (repeating_prompt(seed), torch.randint(0, VOCAB, (10,), generator=torch.Generator().manual_seed(9))):
+        expected, _ = run_ar(target, prompt, cfg)
+        got, stats = run_spec(engine, prompt, cfg)
+        assert got == expected and stats.target_forwards < len(got)
+    assert draft.steps["lookup"] > 0 and draft.steps["head"] > 0
+
+
+def test_engine_sampling_with_the_hybrid_draft_matches_the_target() -> None:
+    """P(x1, x2 | prompt) under the target's processed sampling (4 tokens: 16 cells, 600 samples), x2 verified
+    against the lookup's proposal when (last prompt token, x1) occurred in the prompt, else against the head's."""
+    vocab = 4
+    target = tiny_llama(seed=11, vocab=vocab)
+    torch.manual_seed(0)
+    head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
+    draft = HybridDraft(LookupDraft(vocab, min_ngram=2, min_confidence=0.0), head)
+    prompt = torch.tensor([1, 3, 0, 3, 2, 1])  # (1, 3) and (3, 0), (3, 2) occur: x1 = 3 matches, others do not
+    sampling = SamplingConfig(temperature=1.0, top_k=3)
+    exact = exact_two_token_distribution(target, prompt, sampling)
+    engine = SpeculativeEngine(target, draft)
+    pairs = []
+    for seed in range(600):
+        tokens, _ = run_spec(engine, prompt, GenerationConfig(max_new_tokens=3, k=2, sampling=sampling, seed=seed))
+        pairs.append(tokens[0] * vocab + tokens[1])
+    assert draft.steps["lookup"] > 50 and draft.steps["head"] > 50, draft.steps
+    assert chi2_p_value(torch.tensor(pairs), exact) > PASS_P_VALUE
+
+
+def test_the_lookup_drafts_where_the_request_repeats_itself_and_the_head_caps_at_head_k() -> None:
+    target = tiny_llama(seed=3)
+    draft = hybrid(target, head_k=2)
+    prompt = repeating_prompt(3)  # the engine proposes once the prefill's token is committed: ids = prompt + 1
+    ids = torch.cat([prompt, prompt[3:4]])
+    draft.begin(prompt, target(prompt[None], output_hidden_states=True).hidden_states[-1][0])
+    proposal = draft.propose(ids, 5, GREEDY, None)
+    # the last 4 tokens (the phrase's start) matched: its next tokens, as many as k allows
+    assert proposal.tokens.tolist() == prompt[4:9].tolist() and draft.steps == {"lookup": 1, "head": 0}
+    fresh = torch.randint(0, VOCAB, (9,), generator=torch.Generator().manual_seed(4))
+    draft.begin(fresh, target(fresh[None], output_hidden_states=True).hidden_states[-1][0])
+    proposal = draft.propose(torch.cat([fresh, fresh[:1]]), 5, GREEDY, None)  # no 2-token match in it
+    assert proposal.tokens.numel() == 2 and draft.steps == {"lookup": 1, "head": 1}
+
+
+def test_the_head_stays_in_step_across_lookup_steps() -> None:
+    """After a request in which the lookup drafted, the head's proposal at the end equals that of a head-only
+    draft fed the same committed tokens and features: hybrid commits keep the head's cache right."""
+    target = tiny_llama(seed=5)
+    draft = hybrid(target, head_k=3)
+    engine = SpeculativeEngine(target, draft)
+    prompt = repeating_prompt(5)
+    tokens, _ = run_spec(engine, prompt, GenerationConfig(max_new_tokens=30, k=4))
+    assert draft.steps["lookup"] > 0
+    ids = torch.cat([prompt, torch.tensor(tokens)])
+    features = target(ids[None], output_hidden_states=True).hidden_states[-1][0]
+    # the engine's last step committed its tokens; the hybrid's head has pending features up to ids[-1]
+    alone = EagleDraft(draft.head.model, "eagle")
+    alone.begin(ids[:-1], features[:-1])  # f_t pairs with x_{t+1}: one feature fewer than tokens
+    expected = alone.propose(ids, 3, GREEDY, None)
+    got = draft.head.propose(ids, 3, GREEDY, None)
+    assert got.tokens.tolist() == expected.tokens.tolist()
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_online_learning_trains_the_head() -> None:
+    target = tiny_llama(seed=6)
+    draft = hybrid(target)
+    assert isinstance(draft, TrainableDraft)
+    engine = SpeculativeEngine(target, draft)
+    online = OnlineLearning(
+        engine, OnlineConfig(learner="ogd", learner_cfg=LearnerConfig(lr=0.5), round_requests=2, schedule="sync")
+    )
+    before = {n: p.detach().clone() for n, p in draft.model.named_parameters() if n in draft.trainable}
+    for seed in range(4):
+        _, stats = run_spec(engine, repeating_prompt(seed), GenerationConfig(max_new_tokens=24, k=3))
+        online.after_request(stats)
+    changed = {n for n, p in draft.model.named_parameters() if n in before and not torch.equal(p, before[n])}
+    assert changed == set(draft.trainable) and online._history[0]["positions"] > 0
+
+
+def test_spec_refusals(tiny_target) -> None:
+    loaded = LoadedModel(spec="tiny", model=tiny_target, tokenizer=None)
+    with pytest.raises(UserError, match="after 'hybrid:' give a head draft"):
+        make_draft("hybrid:layerskip:2", loaded)
+    draft = make_draft("hybrid:eagle:fresh", loaded)
+    assert isinstance(draft, HybridDraft) and draft.name == "hybrid:eagle:fresh" and draft.head_k == 2
