@@ -88,7 +88,7 @@ def models(tmp_path_factory):
 
 def test_every_entry_builds_a_draft_that_learning_and_the_engine_can_use(models) -> None:
     target, draft_dir = models
-    # auto falls back to layerskip:4 without a bundled head: a 6-layer target has room for it
+    # auto falls back to the lookup draft without a bundled head
     deep = LoadedModel(spec="tiny", model=tiny_llama(layers=6, vocab=6), tokenizer=target.tokenizer)
     specs = {"auto": "auto", "none": "none", "layerskip": "layerskip:1", "lookup": "lookup:3", MODEL: draft_dir}
     specs |= {name: f"{name}:fresh" for name in HEAD_KIND_NAMES} | {"hybrid": "hybrid:medusa:fresh"}
@@ -98,12 +98,13 @@ def test_every_entry_builds_a_draft_that_learning_and_the_engine_can_use(models)
         if name == "none":
             assert draft is None
             continue
-        if name == "lookup":  # learns by counting, without gradients
+        if name in ("lookup", "auto"):  # learns by counting, without gradients
             assert isinstance(draft, CountingDraft) and not isinstance(draft, TrainableDraft)
-            assert draft.name == spec and draft.describe()["max_ngram"] == 3 and not draft.wants_target_hidden
+            assert draft.name == ("lookup" if name == "auto" else spec) and not draft.wants_target_hidden
+            assert draft.describe()["max_ngram"] == (4 if name == "auto" else 3)
             continue
         assert isinstance(draft, TrainableDraft), name
-        assert draft.name == ("layerskip:4" if name == "auto" else spec)
+        assert draft.name == spec
         assert set(draft.trainable) <= {n for n, _ in draft.model.named_parameters()}
         assert draft.wants_target_hidden == (name in (*HEAD_KIND_NAMES, "hybrid"))
         if name == "hybrid":  # lookup + a head: learning trains the head

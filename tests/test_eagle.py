@@ -157,9 +157,9 @@ def test_online_learning_updates_the_head_and_the_next_round_drafts_with_it() ->
     )  # embed/LM head stay the target's own
 
 
-def test_auto_stands_for_the_bundled_head_when_there_is_one_else_layerskip() -> None:
+def test_auto_stands_for_the_hybrid_with_the_bundled_head_when_there_is_one_else_lookup() -> None:
     from onlinespec.drafts import FALLBACK_DRAFT, resolve_draft_spec
 
-    assert resolve_draft_spec("auto", "smollm2-135m") == "eagle"  # the head shipped in src/onlinespec/heads/
-    assert resolve_draft_spec("auto", "/some/other/model") == FALLBACK_DRAFT == "layerskip:4"
+    assert resolve_draft_spec("auto", "smollm2-135m") == "hybrid"  # lookup + the head in src/onlinespec/heads/
+    assert resolve_draft_spec("auto", "/some/other/model") == FALLBACK_DRAFT == "lookup"
     assert resolve_draft_spec("medusa:fresh", "smollm2-135m") == "medusa:fresh"

@@ -13,6 +13,7 @@ from conftest import run_ar, run_spec, tiny_llama
 from test_sampling_exact import PASS_P_VALUE, chi2_p_value, exact_two_token_distribution
 
 from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.drafts import make_draft
@@ -30,10 +31,10 @@ VOCAB = 96
 GREEDY = SamplingConfig(temperature=0.0)
 
 
-def hybrid(target: torch.nn.Module, head_k: int = 2, seed: int = 0) -> HybridDraft:
+def hybrid(target: torch.nn.Module, head_k: int = 2, seed: int = 0, gate: float = 0.0) -> HybridDraft:
     torch.manual_seed(seed)
     head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
-    return HybridDraft(LookupDraft(VOCAB, min_ngram=2), head, name="hybrid", head_k=head_k)
+    return HybridDraft(LookupDraft(VOCAB, min_ngram=2), head, name="hybrid", head_k=head_k, head_min_confidence=gate)
 
 
 def repeating_prompt(seed: int = 0) -> torch.Tensor:
@@ -42,10 +43,10 @@ def repeating_prompt(seed: int = 0) -> torch.Tensor:
     return torch.cat([phrase, phrase, phrase, phrase[:3]])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_greedy_output_equals_autoregressive_output_with_both_parts_drafting(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "gate"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.02)])
+def test_greedy_output_equals_autoregressive_output_with_both_parts_drafting(seed: int, gate: float) -> None:
     target = tiny_llama(seed=seed)
-    draft = hybrid(target, seed=seed)
+    draft = hybrid(target, seed=seed, gate=gate)
     engine = SpeculativeEngine(target, draft)
     cfg = GenerationConfig(max_new_tokens=48, k=4)
     for prompt in (repeating_prompt(seed), torch.randint(0, VOCAB, (10,), generator=torch.Generator().manual_seed(9))):
@@ -57,12 +58,13 @@ def test_greedy_output_equals_autoregressive_output_with_both_parts_drafting(see
 
 def test_engine_sampling_with_the_hybrid_draft_matches_the_target() -> None:
     """P(x1, x2 | prompt) under the target's processed sampling (4 tokens: 16 cells, 600 samples), x2 verified
-    against the lookup's proposal when (last prompt token, x1) occurred in the prompt, else against the head's."""
+    against the lookup's proposal when (last prompt token, x1) occurred in the prompt, else against the head's,
+    whose chain is cut by the confidence gate at some steps."""
     vocab = 4
     target = tiny_llama(seed=11, vocab=vocab)
     torch.manual_seed(0)
     head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
-    draft = HybridDraft(LookupDraft(vocab, min_ngram=2, min_confidence=0.0), head)
+    draft = HybridDraft(LookupDraft(vocab, min_ngram=2, min_confidence=0.0), head, head_min_confidence=0.3)
     prompt = torch.tensor([1, 3, 0, 3, 2, 1])  # (1, 3) and (3, 0), (3, 2) occur: x1 = 3 matches, others do not
     sampling = SamplingConfig(temperature=1.0, top_k=3)
     exact = exact_two_token_distribution(target, prompt, sampling)
@@ -88,6 +90,20 @@ def test_the_lookup_drafts_where_the_request_repeats_itself_and_the_head_caps_at
     draft.begin(fresh, target(fresh[None], output_hidden_states=True).hidden_states[-1][0])
     proposal = draft.propose(torch.cat([fresh, fresh[:1]]), 5, GREEDY, None)  # no 2-token match in it
     assert proposal.tokens.numel() == 2 and draft.steps == {"lookup": 1, "head": 1}
+
+
+def test_the_head_gate_cuts_the_chain_before_the_first_unlikely_token() -> None:
+    """prod_{j<i} q_j(x_j) * max q_i < gate cuts before token i; the drawn token's own q never decides its cut."""
+    target = tiny_llama(seed=7)
+    draft = hybrid(target, gate=0.3)
+    q = torch.tensor([[0.8, 0.1, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])  # [3, V]: chain confidence after each
+    proposal = Proposal(tokens=torch.tensor([0, 1, 2]), logits=q.log(), probs=q)
+    cut = draft._confident_prefix(proposal)  # 0.8 ok; 0.8 * 0.5 = 0.4 ok (x_1 = 1 has q 0.4); 0.8*0.4*0.8 < 0.3
+    assert cut.tokens.tolist() == [0, 1] and cut.probs.shape == (2, 3) and cut.logits.shape == (2, 3)
+    greedy = draft._confident_prefix(Proposal(tokens=torch.tensor([0, 0, 2]), logits=q.log(), probs=None))
+    assert greedy.tokens.tolist() == [0, 0, 2] and greedy.probs is None  # 0.8, 0.4, 0.32: all kept
+    draft.head_min_confidence = 0.9
+    assert draft._confident_prefix(proposal).tokens.numel() == 0  # nothing: the engine takes a plain step
 
 
 def test_the_head_stays_in_step_across_lookup_steps() -> None:

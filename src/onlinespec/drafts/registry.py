@@ -21,11 +21,13 @@ if TYPE_CHECKING:
     from onlinespec.decoding.draft import Draft
     from onlinespec.models.resolve import LoadedModel
 
-# `auto`: the warmed-up EAGLE head bundled for the target when there is one (the embedded default), else
-# layerskip:4. Measured (README, benchmarks/bench_drafts.py): the bundled head at k = 2 runs 1.08x autoregressive,
-# layerskip:4 at its best (k = 1) 0.78x.
+# `auto`: the hybrid draft (prompt lookup where the request repeats itself, the warmed-up EAGLE head bundled for
+# the target elsewhere) when a head is bundled (the embedded default), else the lookup draft alone (no model).
+# Measured (docs/benchmarks.md, benchmarks/bench_vs_hf.py, fp32, 12 prompts of 3 streams): hybrid k = 2 runs
+# 1.30x our autoregressive path, the EAGLE head alone 0.93x, lookup k = 4 1.21x; layerskip:4 (the fallback
+# before) 0.78x at its best (benchmarks/bench_drafts.py).
 DEFAULT_DRAFT = "auto"
-FALLBACK_DRAFT = "layerskip:4"
+FALLBACK_DRAFT = "lookup"
 MODEL = ""  # the name of the entry that takes every spec no named kind claims
 HEAD_BUILDER = "onlinespec.drafts.heads:build_head_draft"
 
@@ -89,7 +91,12 @@ def _auto(spec: DraftSpec, target: LoadedModel, dtype: str) -> Draft | None:
 
 
 DRAFT_KINDS: tuple[DraftKind, ...] = (
-    DraftKind("auto", "auto", "the EAGLE head bundled for the target if there is one, else layerskip:4", _auto),
+    DraftKind(
+        "auto",
+        "auto",
+        "hybrid (prompt lookup + the EAGLE head bundled for the target) if a head is bundled, else lookup",
+        _auto,
+    ),
     DraftKind("none", "none", "no draft: plain autoregressive decoding", None),
     DraftKind(
         "layerskip",
@@ -187,11 +194,11 @@ def head_kind_entry(name: str) -> DraftKind:
 
 
 def resolve_draft_spec(spec: str, target_spec: str) -> str:
-    """The concrete spec `auto` stands for with this target (`eagle` when a head is bundled for it, else
-    FALLBACK_DRAFT); any other spec unchanged."""
+    """The concrete spec `auto` stands for with this target (`hybrid`, lookup + the bundled EAGLE head, when a
+    head is bundled for it, else FALLBACK_DRAFT); any other spec unchanged."""
     if spec != DEFAULT_DRAFT:
         return spec
-    return "eagle" if has_bundled_head("eagle", target_spec) else FALLBACK_DRAFT
+    return "hybrid" if has_bundled_head("eagle", target_spec) else FALLBACK_DRAFT
 
 
 def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft | None:
