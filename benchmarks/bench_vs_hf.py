@@ -5,7 +5,8 @@
 
 Methods, interleaved per prompt in one process (greedy, the same target weights and dtype):
 - hf_plain: `model.generate()`; hf_lookup: `model.generate(prompt_lookup_num_tokens=N)` (no draft model);
-- ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K).
+- ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K);
+  `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G.
 Prompts: the first `--prompts` online items of each `--streams` source (chat-wrapped, as `onlinespec bench`).
 tokens/s = new tokens / wall seconds of the whole call, summed over prompts per stream. Greedy equality: every
 ours_* against ours_ar, hf_lookup against hf_plain, ours_ar against hf_plain (in reduced precision a k-token and a
@@ -149,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}
     for entry in args.drafts.split(","):
-        spec, _, k = entry.partition("@")
-        drafts[f"ours:{entry}"] = (Pipeline(target, make_draft(spec, target, args.dtype)), int(k or 2))
+        spec, _, rest = entry.partition("@")
+        k, _, gate = rest.partition("@gate=")
+        draft = make_draft(spec, target, args.dtype)
+        if gate:
+            draft.head_min_confidence = float(gate)  # a hybrid draft's head gate (drafts/hybrid.py)
+        drafts[f"ours:{entry}"] = (Pipeline(target, draft), int(k or 2))
     eos = sorted(ar.eos_ids)
     methods = ["hf_plain", *(["hf_lookup"] if args.hf_lookup else []), "ours_ar", *drafts]
     prompts = [

@@ -105,12 +105,19 @@ class Pipeline:
         `Generation.finish()` (which `result()` calls); returns the session, for `status()` and `close()`."""
         from onlinespec.online.counting_draft import CountingDraft
         from onlinespec.online.counting_session import CountingLearning
+        from onlinespec.online.hybrid_session import HybridLearning
         from onlinespec.online.session import OnlineLearning
+        from onlinespec.online.trainable_draft import TrainableDraft
 
         if self.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), not none")
-        # A draft that learns by counting (the lookup draft) gets the session without gradients.
-        session = CountingLearning if isinstance(self.engine.draft, CountingDraft) else OnlineLearning
+        # A draft that learns by counting (the lookup draft) gets the session without gradients; one that learns
+        # both ways (the hybrid draft: a head and an n-gram index) the session that does both.
+        draft = self.engine.draft
+        if isinstance(draft, CountingDraft):
+            session = HybridLearning if isinstance(draft, TrainableDraft) else CountingLearning
+        else:
+            session = OnlineLearning
         self.online = session(self.engine, cfg)
         return self.online
 

@@ -16,8 +16,10 @@ proposal needs a match of two or more tokens (MIN_MATCH, measured in benchmarks/
 
 Both drafts keep their request state: the head is told every committed token and the target's features at every
 `commit`, whichever draft proposed (an EAGLE head feeds the features it has not seen at its next proposal).
-Online learning trains the head (the hybrid is a `TrainableDraft` through it); the lookup's request index needs
-no learning. Chains only: the head alone drafts trees (`--draft eagle --tree ...`).
+Online learning (online/hybrid_session.py) trains both parts: the head by gradient (the hybrid is a
+`TrainableDraft` through it) and the lookup's shared index of earlier traffic by counting (a `CountingDraft`
+through it), so text the server has seen before is drafted by lookup in later requests. Chains only: the head
+alone drafts trees (`--draft eagle --tree ...`).
 """
 
 from __future__ import annotations
@@ -124,6 +126,22 @@ class HybridDraft:
 
     def target_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.head.target_logits(features)
+
+    # --- CountingDraft (online/counting_draft.py): the lookup's shared index is what counts ---------------------
+    def learn(self, requests: list[torch.Tensor]) -> dict[str, float]:
+        return self.lookup.learn(requests)
+
+    def memory(self) -> dict[str, float]:
+        return self.lookup.memory()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.lookup.state_tensors()
+
+    def describe(self) -> dict:
+        return self.lookup.describe()
+
+    def load_state(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        self.lookup.load_state(tensors, info)
 
 
 def make_hybrid_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> HybridDraft:

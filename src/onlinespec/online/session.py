@@ -227,11 +227,13 @@ class OnlineLearning:
         tic = time.perf_counter()
         if not self._learning:
             result = {}
-        elif self._cfg.schedule == "sync":
-            result = self._update(examples)
-            self._publish()
-        else:  # the update finishing now is the one launched at the previous boundary
-            result = self._finish_pending()
+        else:
+            # on the decoding thread, between requests, whatever the schedule (e.g. a hybrid draft's n-gram index)
+            result = self._boundary_update()
+            if self._cfg.schedule == "sync":
+                result |= self._update(examples)
+            else:  # the update finishing now is the one launched at the previous boundary
+                result |= self._finish_pending()
             self._publish()
         blocking_s = time.perf_counter() - tic
         record = {
@@ -317,6 +319,11 @@ class OnlineLearning:
             "replay_bytes": self._replay.nbytes,
             "update_s": elapsed,
         }
+
+    def _boundary_update(self) -> dict:
+        """Learning that must happen on the decoding thread at each boundary, before the update and the snapshot;
+        returns telemetry for the round record. Nothing for gradient learners (online/hybrid_session.py uses it)."""
+        return {}
 
     def _positions(self, examples) -> int:
         """The round's training positions, for its record."""
