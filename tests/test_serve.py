@@ -408,8 +408,10 @@ def test_sigterm_during_traffic_saves_the_state_and_a_new_process_restores_it(
     def client(i: int) -> None:
         """Each request must end complete, or be refused cleanly: never a truncated answer."""
         body = {"prompt": PROMPTS[i % 4], "max_tokens": 40, "stream": bool(i % 2)}
+        answered = False  # response headers arrived: from here on, an error means a truncated answer
         try:
             with httpx.stream("POST", f"{learning.url}{C}", json=body, timeout=60) as r:
+                answered = True
                 if r.status_code != 200:
                     results.append(f"{r.status_code} {json.loads(r.read())['error']['code']}")
                 elif body["stream"]:
@@ -420,6 +422,8 @@ def test_sigterm_during_traffic_saves_the_state_and_a_new_process_restores_it(
             results.append("refused")  # arrived after the listener closed
         except httpx.RemoteProtocolError as exc:  # accepted but closed unread by the shutdown: nothing half-done
             results.append("refused" if "without sending a response" in str(exc) else f"broken: {exc!r}")
+        except httpx.ReadError as exc:  # a reset: clean only if it came before any response (queued, never read)
+            results.append(f"broken: {exc!r}" if answered else "refused")
         except (httpx.TransportError, AssertionError) as exc:
             results.append(f"broken: {exc!r}")
 
