@@ -19,7 +19,7 @@ from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.drafts import make_draft
 from onlinespec.drafts.eagle import EagleDraft
 from onlinespec.drafts.heads import build_head
-from onlinespec.drafts.hybrid import HybridDraft
+from onlinespec.drafts.hybrid import MIN_MATCH, SHARED_MIN_MATCH, HybridDraft
 from onlinespec.drafts.lookup import LookupDraft
 from onlinespec.errors import UserError
 from onlinespec.models.resolve import LoadedModel
@@ -34,7 +34,8 @@ GREEDY = SamplingConfig(temperature=0.0)
 def hybrid(target: torch.nn.Module, head_k: int = 2, seed: int = 0, gate: float = 0.0) -> HybridDraft:
     torch.manual_seed(seed)
     head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
-    return HybridDraft(LookupDraft(VOCAB, min_ngram=2), head, name="hybrid", head_k=head_k, head_min_confidence=gate)
+    lookup = LookupDraft(VOCAB, min_ngram=MIN_MATCH, shared_min_ngram=SHARED_MIN_MATCH)  # as make_hybrid_draft
+    return HybridDraft(lookup, head, name="hybrid", head_k=head_k, head_min_confidence=gate)
 
 
 def repeating_prompt(seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_ar, run_spec, tiny_llama
-from test_hybrid_draft import VOCAB, hybrid
+from test_hybrid_draft import GREEDY, VOCAB, hybrid
 
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.engine import SpeculativeEngine
@@ -123,3 +123,16 @@ def test_a_state_of_another_draft_is_refused(tmp_path: Path) -> None:
     lookup_session.close()
     with pytest.raises(UserError, match="was saved for draft 'lookup', not 'hybrid'"):
         learning(state_dir=lookup_state)
+
+
+def test_earlier_traffic_drafts_only_from_a_full_length_match() -> None:
+    """The request's own text drafts from a 2-token match, earlier traffic only from a 4-token one."""
+    target = tiny_llama(seed=8)
+    draft = hybrid(target)
+    draft.learn([torch.tensor([1, 2, 3, 4, 5, 6, 7, 8])])
+    assert draft.memory()["entries"] == 4  # (1,2,3,4)->5 ... (4,5,6,7)->8: no 2- or 3-grams kept
+    lookup = draft.lookup
+    lookup.begin(torch.tensor([9, 9, 3, 4]))
+    assert lookup.propose(torch.tensor([9, 9, 3, 4]), 3, GREEDY, None).tokens.numel() == 0  # only (3, 4) matches
+    lookup.begin(torch.tensor([9, 1, 2, 3, 4]))
+    assert lookup.propose(torch.tensor([9, 1, 2, 3, 4]), 3, GREEDY, None).tokens.tolist() == [5, 6, 7]

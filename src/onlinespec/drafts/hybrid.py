@@ -11,8 +11,11 @@ head's chain is cut before the first token whose estimated acceptance (the produ
 the lookup's rule) falls below `head_min_confidence`: a rejected position still costs verify compute. Measured
 (benchmarks/bench_vs_hf.py, fp32, 12 prompts of 3 streams): k = 2 with no cut 1.25x our autoregressive path, with
 a cut at 0.2 or 0.4 1.36x (HEAD_MIN_CONFIDENCE = 0.2: the better of the two on Spider).
-A match of one token is weak evidence (a common token is followed by many things), so by default a lookup
-proposal needs a match of two or more tokens (MIN_MATCH, measured in benchmarks/bench_hybrid.py).
+A match of one token is weak evidence (a common token is followed by many things), so a lookup proposal needs a
+match of two or more tokens in the request (MIN_MATCH) and of four in earlier traffic (SHARED_MIN_MATCH): on the
+quick preset with `ogd`, shared matches from 2 tokens on cost tau where the head was right (tau 1.786, last third
+1.027x static), from 3 tokens on 1.813 / 1.076x, from 4 tokens 1.818 / 1.087x (the head learning alone:
+1.818 / 1.037x).
 
 Both drafts keep their request state: the head is told every committed token and the target's features at every
 `commit`, whichever draft proposed (an EAGLE head feeds the features it has not seen at its next proposal).
@@ -41,6 +44,7 @@ from onlinespec.online.feedback_buffer import RequestExamples
 from onlinespec.online.trainable_draft import ExampleTerm
 
 MIN_MATCH = 2  # the shortest suffix match whose continuation the hybrid drafts instead of the head's
+SHARED_MIN_MATCH = 4  # the shortest match in EARLIER traffic's index (online learning) that drafts instead of the head
 HEAD_K = 2  # the head's chain length: the bundled EAGLE head's fastest k (README)
 HEAD_MIN_CONFIDENCE = 0.2  # cut the head's chain before a token whose estimated acceptance falls below this
 DEFAULT_HEAD = "eagle"
@@ -153,5 +157,7 @@ def make_hybrid_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> Hybri
             f"bad draft spec '{spec.text}': after 'hybrid:' give a head draft (eagle, medusa, hydra, with :DIR or "
             f":fresh), not '{head_spec}'"
         )
-    lookup = LookupDraft(target_vocab_size(target), min_ngram=MIN_MATCH, tokenizer=target.tokenizer)
+    lookup = LookupDraft(
+        target_vocab_size(target), min_ngram=MIN_MATCH, shared_min_ngram=SHARED_MIN_MATCH, tokenizer=target.tokenizer
+    )
     return HybridDraft(lookup, head, name=spec.text)

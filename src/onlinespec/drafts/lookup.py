@@ -59,11 +59,14 @@ class LookupDraft:
         min_confidence: float = MIN_CONFIDENCE,
         tokenizer: object | None = None,
         name: str = "lookup",
+        shared_min_ngram: int | None = None,
     ) -> None:
+        """shared_min_ngram: the shortest context the SHARED index keeps and matches (default min_ngram): earlier
+        traffic is weaker evidence than the request's own text, so a caller may ask it for a longer match."""
         self.vocab = target_vocab_size
         self.name = name
         self.min_confidence = min_confidence
-        self.shared = NgramIndex(min_ngram, max_ngram, max_entries)
+        self.shared = NgramIndex(shared_min_ngram or min_ngram, max_ngram, max_entries)
         self.request = NgramIndex(min_ngram, max_ngram)  # bounded by the request's length
         self._tokens: list[int] = []  # the current request's committed tokens, as indexed so far
         self._tokenizer = tokenizer
@@ -122,7 +125,7 @@ class LookupDraft:
 
     def _match(self, context: list[int]) -> dict[int, int] | None:
         """The continuation counts of the longest suffix of `context` either index knows (the request's first)."""
-        for n in range(min(self.shared.max_ngram, len(context)), self.shared.min_ngram - 1, -1):
+        for n in range(min(self.shared.max_ngram, len(context)), self.request.min_ngram - 1, -1):
             suffix = tuple(context[-n:])
             counts = self.request.get(suffix) or self.shared.get(suffix)
             if counts:
