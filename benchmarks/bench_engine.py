@@ -73,9 +73,11 @@ def run_ours(pipe: Pipeline, ids: Tensor, n: int, k: int, mode: str) -> tuple[li
     return result.token_ids, time.perf_counter() - tic, result.stats
 
 
-def run_hf(pipe: Pipeline, ids: Tensor, n_new: int, assistant: torch.nn.Module | None) -> Run:
+def run_hf(pipe: Pipeline, ids: Tensor, n_new: int, assistant: torch.nn.Module | None, **kwargs: Any) -> Run:
+    """HF greedy `generate` of the pipeline's target on ids [T] (kwargs: e.g. prompt_lookup_num_tokens)."""
     eos = sorted(pipe.eos_ids)
-    kwargs: dict[str, Any] = {"assistant_model": assistant} if assistant is not None else {}
+    if assistant is not None:
+        kwargs["assistant_model"] = assistant
     with torch.inference_mode():
         tic = time.perf_counter()
         out = pipe.target.model.generate(

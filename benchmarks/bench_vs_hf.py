@@ -23,10 +23,10 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import transformers
+from bench_engine import first_diff, run_hf  # benchmarks/ is on sys.path when a script here runs
 from tqdm import tqdm
 
 from onlinespec import GenerationConfig, Pipeline
@@ -51,23 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_hf(model: torch.nn.Module, ids: torch.Tensor, n_new: int, eos: list[int], **kwargs: Any) -> dict:
-    """HF greedy generate on ids [T]; {"tokens", "seconds"}."""
-    with torch.inference_mode():
-        tic = time.perf_counter()
-        out = model.generate(
-            input_ids=ids[None],
-            attention_mask=torch.ones_like(ids)[None],
-            max_new_tokens=n_new,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=eos[0],
-            **kwargs,
-        )
-        seconds = time.perf_counter() - tic
-    return {"tokens": out[0, ids.shape[0] :].tolist(), "seconds": seconds}
-
-
 def run_ours(pipe: Pipeline, ids: torch.Tensor, n_new: int, k: int, mode: str) -> dict:
     tic = time.perf_counter()
     result = pipe.start(ids, GenerationConfig(max_new_tokens=n_new, k=k), mode=mode).result()
@@ -80,14 +63,6 @@ def run_ours(pipe: Pipeline, ids: torch.Tensor, n_new: int, k: int, mode: str) -
         "drafted": s.drafted,
         "accepted": s.accepted,
     }
-
-
-def first_diff(a: list[int], b: list[int]) -> int | None:
-    """The first position where a and b differ (or the shorter length), None when equal."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def summarise(rows: list[dict], methods: list[str]) -> dict[str, dict]:
@@ -156,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         if gate:
             draft.head_min_confidence = float(gate)  # a hybrid draft's head gate (drafts/hybrid.py)
         drafts[f"ours:{entry}"] = (Pipeline(target, draft), int(k or 2))
-    eos = sorted(ar.eos_ids)
     methods = ["hf_plain", *(["hf_lookup"] if args.hf_lookup else []), "ours_ar", *drafts]
     prompts = [
         (name, i, encode_prompt(target.tokenizer, p.chat()))
@@ -165,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     def run(method: str, ids: torch.Tensor, n_new: int) -> dict:
-        if method == "hf_plain":
-            return run_hf(target.model, ids, n_new, eos)
-        if method == "hf_lookup":
-            return run_hf(target.model, ids, n_new, eos, prompt_lookup_num_tokens=args.hf_lookup)
+        if method in ("hf_plain", "hf_lookup"):
+            lookup = {"prompt_lookup_num_tokens": args.hf_lookup} if method == "hf_lookup" else {}
+            tokens, seconds = run_hf(ar, ids, n_new, None, **lookup)
+            return {"tokens": tokens, "seconds": seconds}
         if method == "ours_ar":
             return run_ours(ar, ids, n_new, 1, "ar")
         pipe, k = drafts[method]

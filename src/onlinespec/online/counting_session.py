@@ -73,10 +73,15 @@ class CountingLearning(OnlineLearning):
                 f"draft state in '{directory}' was saved for draft '{info.get('draft')}', which does not learn by "
                 f"counting, not for '{self._draft.name}': use another --draft-state directory"
             )
-        try:
-            self._draft.load_state(tensors, info["counting"])
-        except ValueError as exc:
-            raise UserError(
-                f"cannot use the draft state in '{directory}' for draft '{self._draft.name}': {exc}. Use another "
-                "--draft-state directory (or delete this one to start from an empty index)"
-            ) from None
+        load_counting_state(self._draft, tensors, info["counting"], directory)
+
+
+def load_counting_state(draft: CountingDraft, tensors: dict[str, torch.Tensor], info: dict, directory: str) -> None:
+    """`draft.load_state`, its ValueError (another tokenizer, layout, bad tensors) turned into one UserError line."""
+    try:
+        draft.load_state(tensors, info)
+    except ValueError as exc:
+        raise UserError(
+            f"cannot use the draft state in '{directory}' for draft '{draft.name}': {exc}. Use another "
+            "--draft-state directory (or delete this one to start from an empty index)"
+        ) from None

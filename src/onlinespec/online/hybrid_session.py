@@ -20,6 +20,7 @@ import torch
 
 from onlinespec.errors import UserError
 from onlinespec.online.committed_text import CommittedText
+from onlinespec.online.counting_session import load_counting_state
 from onlinespec.online.feedback_buffer import FeedbackBuffer
 from onlinespec.online.session import OnlineLearning
 
@@ -64,10 +65,4 @@ class HybridLearning(OnlineLearning):
                 f"draft state in '{directory}' holds no n-gram index for draft '{self._draft.name}': use another "
                 "--draft-state directory"
             )
-        try:
-            self._draft.load_state(index, info["counting"])
-        except ValueError as exc:
-            raise UserError(
-                f"cannot use the draft state in '{directory}' for draft '{self._draft.name}': {exc}. Use another "
-                "--draft-state directory"
-            ) from None
+        load_counting_state(self._draft, index, info["counting"], directory)
