@@ -32,14 +32,14 @@ from tqdm import tqdm
 from onlinespec import GenerationConfig, Pipeline
 from onlinespec.bench.prompts import source_stream
 from onlinespec.drafts import make_draft
+from onlinespec.models import DEFAULT_MODEL
 from onlinespec.models.resolve import load_model
 from onlinespec.prompting import encode_prompt
-
-TARGET = "smollm2-135m"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", default=DEFAULT_MODEL, help="target model spec (e.g. qwen2.5-coder-1.5b)")
     p.add_argument("--streams", default="humaneval,spider,writingbench", help="comma-separated prompt sources")
     p.add_argument("--prompts", type=int, default=4, help="first N online prompts of each stream")
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    target = load_model(TARGET, args.dtype)
+    target = load_model(args.target, args.dtype)
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}
     for entry in args.drafts.split(","):
@@ -173,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "config": {
             **vars(args),
-            "target": TARGET,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(),
