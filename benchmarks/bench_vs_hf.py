@@ -6,7 +6,9 @@
 Methods, interleaved per prompt in one process (greedy, the same target weights and dtype):
 - hf_plain: `model.generate()`; hf_lookup: `model.generate(prompt_lookup_num_tokens=N)` (no draft model);
 - ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K);
-  `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G.
+  `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G;
+  `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
+  verify cost pays, decoding/verify_cost.py). Options combine: `hybrid@2@gate=0@cost=off`.
 Prompts: the first `--prompts` online items of each `--streams` source (chat-wrapped, as `onlinespec bench`).
 tokens/s = new tokens / wall seconds of the whole call, summed over prompts per stream. Greedy equality: every
 ours_* against ours_ar, hf_lookup against hf_plain, ours_ar against hf_plain (in reduced precision a k-token and a
@@ -124,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     target = load_model(args.target, args.dtype)
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}
+    curves: dict[str, list[float] | None] = {}  # the verify-cost curve each draft's pipeline used
     for entry in args.drafts.split(","):
-        spec, _, rest = entry.partition("@")
-        k, _, gate = rest.partition("@gate=")
+        spec, *options = entry.split("@")
+        k, settings = (options[0] if options else ""), dict(o.split("=", 1) for o in options[1:])
         draft = make_draft(spec, target, args.dtype)
-        if gate:
-            draft.head_min_confidence = float(gate)  # a hybrid draft's head gate (drafts/hybrid.py)
-        drafts[f"ours:{entry}"] = (Pipeline(target, draft), int(k or 2))
+        if "gate" in settings:
+            draft.head_min_confidence = float(settings["gate"])  # a hybrid draft's head gate (drafts/hybrid.py)
+        pipe = Pipeline(target, draft)
+        curve = pipe.use_verify_cost(settings.get("cost", "auto"))  # decoding/verify_cost.py, as the CLI's default
+        curves[f"ours:{entry}"] = None if curve is None else list(curve.relative)
+        drafts[f"ours:{entry}"] = (pipe, int(k or 2))
     methods = ["hf_plain", *(["hf_lookup"] if args.hf_lookup else []), "ours_ar", *drafts]
     prompts = [
         (name, i, encode_prompt(target.tokenizer, p.chat()))
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(),
+            "verify_cost": curves,
         },
         "machine": {
             "platform": platform.platform(),

@@ -20,9 +20,10 @@ from onlinespec.decoding.draft import Draft
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.decoding.stopping import StopCriteria
+from onlinespec.decoding.verify_cost import VERIFY_COST_MODES, VerifyCost, cached_verify_cost
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.errors import UserError
-from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+from onlinespec.models import DEFAULT_MODEL, LoadedModel, cache_root, load_model
 from onlinespec.prompting import encode_prompt
 
 if TYPE_CHECKING:
@@ -95,9 +96,28 @@ class Pipeline:
         self.context_length = getattr(target.model.config, "max_position_embeddings", None)
 
     @classmethod
-    def load(cls, target: str = DEFAULT_MODEL, draft: str = DEFAULT_DRAFT, dtype: str = "float32") -> Pipeline:
+    def load(
+        cls, target: str = DEFAULT_MODEL, draft: str = DEFAULT_DRAFT, dtype: str = "float32", verify_cost: str = "auto"
+    ) -> Pipeline:
+        """Load `target` and build `draft` for it; `verify_cost` as in `use_verify_cost` (default: measured)."""
         loaded = load_model(target, dtype)
-        return cls(loaded, make_draft(draft, loaded, dtype))
+        pipe = cls(loaded, make_draft(draft, loaded, dtype))
+        pipe.use_verify_cost(verify_cost)
+        return pipe
+
+    def use_verify_cost(self, mode: str | VerifyCost | None) -> VerifyCost | None:
+        """How many drafted tokens each verify step takes (decoding/verify_cost.py): "auto" cuts each proposal
+        to the length worth this machine's measured verify cost (measured once per model, dtype, thread count and
+        CPU, cached under the model cache directory); "off" or None verifies every drafted token; a VerifyCost is
+        used as given. Returns the curve in use."""
+        if mode not in (*VERIFY_COST_MODES, None) and not isinstance(mode, VerifyCost):
+            raise UserError(f"unknown verify-cost mode '{mode}': choose one of {', '.join(VERIFY_COST_MODES)}")
+        if self.engine is None:
+            return None  # no draft: nothing to verify
+        if mode == "auto":
+            mode = cached_verify_cost(self.target.model, cache_root())
+        self.engine.verify_cost = mode if isinstance(mode, VerifyCost) else None
+        return self.engine.verify_cost
 
     def enable_learning(self, cfg: OnlineConfig) -> OnlineLearning:
         """Let the draft learn online from this pipeline's speculative requests: THE way to attach a learner

@@ -55,6 +55,7 @@ class BenchSettings:
     target: str = DEFAULT_MODEL
     draft: str = DEFAULT_DRAFT
     dtype: str = "float32"
+    verify_cost: str = "auto"  # Pipeline.use_verify_cost: cut proposals to what this machine's verify cost pays
     chat: bool = True
     seed: int = 0
     online: OnlineConfig = field(default_factory=OnlineConfig)  # learner, round size and schedule are set per method
@@ -239,7 +240,13 @@ class BenchRunner:
             pipe.start(warmup_ids, warmup, mode="ar").result()
             return pipe
         pipe = Pipeline(target, make_draft(s.draft, target, s.dtype))
+        curve = pipe.use_verify_cost(s.verify_cost)
+        self.progress["verify_cost"] = None if curve is None else list(curve.relative)
         pipe.start(warmup_ids, warmup, mode="spec").result()
+        # the acceptance rates that cap the verify-cost rule's estimates: a resumed run continues from the saved
+        # ones (its warm-up request above must not change them), so it cuts as the uninterrupted run did
+        if method in self.progress.setdefault("acceptance", {}):
+            pipe.engine.acceptance.load_dict(self.progress["acceptance"][method])
         method_cfg = method_config(method, s.online)
         learns = method_cfg.learner != "static"  # static never changes its draft: nothing to save or restore
         saved_round = int(self.progress["state_rounds"].get(method, 0))
@@ -305,6 +312,7 @@ class BenchRunner:
                     if status is not None and status.learning:
                         progress["state_rounds"][method] = status.round
                 progress["rounds"].extend(records)
+                progress["acceptance"] = {m: p.engine.acceptance.to_dict() for m, p in pipes.items() if p.engine}
                 progress["done"] = index + 1
                 progress["elapsed_s"] = elapsed_before + time.perf_counter() - started  # loop only, not loading
                 self.checkpoint.save(progress)

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         draft=args.draft,
         dtype=args.dtype,
+        verify_cost=args.verify_cost,
         chat=not args.no_chat,
         seed=args.seed,
         online=online_config_from_args(args),

@@ -31,6 +31,13 @@ def add_draft_flags(
 
     parser.add_argument("--draft", default=DEFAULT_DRAFT, help=draft_spec_help())
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=k_help)
+    parser.add_argument(
+        "--verify-cost",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: measure once what a target forward over 1..9 tokens costs on this machine (cached) and verify "
+        "only as many drafted tokens as are expected to pay for it; off: verify all k (default: %(default)s)",
+    )
 
 
 def add_tree_flags(parser: argparse.ArgumentParser) -> None:

@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         online_cfg = replace(online_cfg, schedule="sync")
     quiet_transformers()
     draft = args.draft if args.mode == "spec" else "none"
-    pipe = Pipeline.load(target=args.target, draft=draft, dtype=args.dtype)
+    pipe = Pipeline.load(target=args.target, draft=draft, dtype=args.dtype, verify_cost=args.verify_cost)
     if online_cfg is not None:
         pipe.enable_learning(online_cfg)
     generation = pipe.start(pipe.encode(args.prompt, chat=not args.no_chat), cfg, args.mode)

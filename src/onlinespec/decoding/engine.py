@@ -21,6 +21,7 @@ from onlinespec.decoding.sampling import probs_from_logits
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.decoding.tree import additive_mask, ancestor_mask, compact_cache, greedy_tree_walk
 from onlinespec.decoding.verify import verify_greedy, verify_sampling
+from onlinespec.decoding.verify_cost import AcceptanceRates, VerifyCost, cut_proposal
 from onlinespec.errors import UserError
 
 
@@ -34,6 +35,9 @@ class SpeculativeEngine:
         self.target_cache = None  # the current request's target KV cache (holds all committed tokens but the last)
         self.features: torch.Tensor | None = None  # [max_len, d] target features of committed positions
         self._request_id = 0
+        # When set, each chain proposal is cut to the length worth its verify cost (decoding/verify_cost.py).
+        self.verify_cost: VerifyCost | None = None
+        self.acceptance = AcceptanceRates()  # per-depth acceptance of earlier steps, which caps the draft's q there
 
     def add_listener(self, listener: FeedbackListener) -> None:
         self.listeners.append(listener)
@@ -121,6 +125,8 @@ class SpeculativeEngine:
     def _speculative_step(self, ids, length, k, cache, cfg, generator, stats: RequestStats, step: int) -> list[int]:
         tic = time.perf_counter()
         proposal = self.draft.propose(ids[:length], k, cfg.sampling, generator)
+        if self.verify_cost is not None:
+            proposal = cut_proposal(proposal, self.verify_cost, self.acceptance)
         toc = time.perf_counter()
         stats.draft_s += toc - tic
 
@@ -134,6 +140,7 @@ class SpeculativeEngine:
             target_probs = probs_from_logits(target_logits, cfg.sampling)
             n_accepted, next_token = verify_sampling(target_probs, proposal.probs, proposal.tokens, generator)
         n = int(n_accepted)
+        self.acceptance.observe(proposal.tokens.shape[0], n)
         # The cache now holds length + k positions; keep the committed ones and the accepted drafts.
         rollback(cache, length + n)
         self._commit_features(out, length, list(range(n + 1)))

@@ -1,0 +1,207 @@
+"""Cutting proposals to what the machine's verify cost pays (decoding/verify_cost.py): the rule by hand, its
+never-reads-x_i property, exact greedy and sampled output with cuts happening, the measured curve and its cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import draft_of, noisy_copy, run_ar, run_spec, tiny_llama
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_sampling_exact import PASS_P_VALUE, chi2_p_value, exact_two_token_distribution
+
+from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.draft import Proposal
+from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.decoding.verify_cost import (
+    MEASURED_TOKENS,
+    AcceptanceRates,
+    VerifyCost,
+    cached_verify_cost,
+    cut_proposal,
+    measure_verify_cost,
+    worth_verifying,
+)
+from onlinespec.errors import UserError
+from onlinespec.models.resolve import LoadedModel
+from onlinespec.pipeline import Pipeline
+
+FLAT = VerifyCost((1.0,) * 9)  # verifying is free: every token with any chance is kept
+LINEAR = VerifyCost(tuple(float(n) for n in range(1, 10)))  # verifying n tokens costs n steps: never pays
+
+
+def test_free_verification_keeps_every_possible_token_and_linear_cost_keeps_none() -> None:
+    assert worth_verifying([0.3, 0.2, 0.9], [0.3, 0.4, 0.9], FLAT) == 3
+    assert worth_verifying([0.3, 0.0, 0.9], [0.3, 0.0, 0.9], FLAT) == 1  # a token that cannot be accepted
+    assert worth_verifying([0.99] * 4, [0.99] * 4, LINEAR) == 0
+    assert worth_verifying([], [], FLAT) == 0
+
+
+def test_the_rule_by_hand() -> None:
+    cost = VerifyCost((1.0, 1.4, 1.9))
+    # token 0: stop = 1/1; keep it alone: (1 + 0.5)/1.4 = 1.071 > 1 -> kept.
+    # token 1 (x_0 drawn with q 0.5): E = 1.5, stop = 1.5/1.4 = 1.071; keep: (1.5 + 0.5*0.3)/1.9 = 0.868 -> cut.
+    assert worth_verifying([0.5, 0.3], [0.5, 0.3], cost) == 1
+    # with q_1 = 0.9: (1.5 + 0.45)/1.9 = 1.026 < 1.071 -> still cut; with x_0 at q 0.9 (E = 1.9, stop 1.357):
+    # (1.9 + 0.81)/1.9 = 1.426 > 1.357 -> kept.
+    assert worth_verifying([0.5, 0.9], [0.5, 0.9], cost) == 1
+    assert worth_verifying([0.9, 0.9], [0.9, 0.9], cost) == 2
+    # token 0 with max q 0.3: (1.3)/1.4 = 0.93 and (1 + 0.3 + 0.09)/1.9 = 0.73 -> cut before anything
+    assert worth_verifying([0.3, 0.9], [0.3, 0.9], cost) == 0
+
+
+def test_looking_ahead_keeps_a_long_proposal_where_the_cost_curve_falls() -> None:
+    """The project's AMD machine: 2 and 3 tokens cost more than 5 (docs/benchmarks.md)."""
+    falling = VerifyCost((1.0, 3.0, 3.0, 3.0, 1.5))
+    # a 2-token proposal is not worth its 3-step forward; a 4-token one is worth its 1.5-step forward
+    assert worth_verifying([0.5, 0.5], [0.5, 0.5], falling) == 0
+    assert worth_verifying([0.5] * 4, [0.5] * 4, falling) == 4
+
+
+def test_beyond_the_measured_sizes_the_curve_keeps_its_last_slope() -> None:
+    cost = VerifyCost((1.0, 1.2, 1.5))
+    assert cost.of(3) == 1.5 and cost.of(5) == pytest.approx(2.1)
+    assert VerifyCost((1.0, 1.3, 1.2)).of(6) == 1.2  # a falling end is extended flat, never downwards
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    m=st.integers(1, 6),
+    curve=st.lists(st.floats(1.0, 4.0), min_size=8, max_size=8),
+)
+def test_keeping_token_i_never_reads_x_i(data, m, curve) -> None:
+    """Exactness: whether token i is kept depends on q_j(x_j) for j < i and on max q_i only; redrawing x_i and
+    everything after it (any q_j(x_j) <= max q_j) never changes that decision."""
+    cost = VerifyCost((1.0, *curve))
+    probs = st.floats(0.0, 1.0)
+    max_q = [data.draw(probs) for _ in range(m)]
+    drawn = [data.draw(st.floats(0.0, a)) for a in max_q]
+    i = data.draw(st.integers(0, m - 1))
+    redrawn = drawn[:i] + [data.draw(st.floats(0.0, a)) for a in max_q[i:]]
+    assert (worth_verifying(drawn, max_q, cost) > i) == (worth_verifying(redrawn, max_q, cost) > i)
+
+
+def test_cut_proposal_keeps_tokens_logits_and_probs_aligned() -> None:
+    logits = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.1, 0.7], [0.1, 0.1, 0.8]]))
+    probs = torch.softmax(logits, -1)
+    proposal = Proposal(tokens=torch.tensor([0, 1, 2]), logits=logits, probs=probs)
+    cut = cut_proposal(proposal, VerifyCost((1.0, 1.2, 1.9, 1.95)))
+    # token 1 (drawn with q 0.1 after x_0 at 0.9): E = 1.9; keeping 1 and 2: (1.9 + 0.9*0.7 + 0.9*0.7*0.8)/... is
+    # checked by the rule itself; here: the cut is a prefix, with its rows
+    n = worth_verifying([0.9, 0.1, 0.8], [0.9, 0.7, 0.8], VerifyCost((1.0, 1.2, 1.9, 1.95)))
+    assert cut.tokens.tolist() == [0, 1, 2][:n] and cut.logits.shape[0] == n and cut.probs.shape[0] == n
+    assert cut_proposal(proposal, FLAT) is proposal
+
+
+def sharp_copy(target: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A noisy copy whose output logits are scaled up (10x): a tiny random model's q is nearly flat, which the
+    rule would cut every time; this one is confident at some steps and not at others."""
+    draft = noisy_copy(target, 0.3, seed=seed)
+    with torch.no_grad():
+        draft.lm_head.weight.mul_(10.0)
+    return draft
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_greedy_output_is_the_targets_with_cuts_happening(seed: int) -> None:
+    target = tiny_llama(seed=seed)
+    engine = SpeculativeEngine(target, draft_of(sharp_copy(target, seed=seed + 5), 96))
+    engine.verify_cost = VerifyCost((1.0, 1.3, 1.6, 1.9, 2.2))
+    lengths = []
+    engine.add_listener(lambda record: lengths.append(int(record.draft_tokens.shape[0])))
+    cfg = GenerationConfig(max_new_tokens=40, k=4)
+    prompt = torch.randint(0, 96, (8,), generator=torch.Generator().manual_seed(seed))
+    expected, _ = run_ar(target, prompt, cfg)
+    got, _ = run_spec(engine, prompt, cfg)
+    assert got == expected
+    assert len(set(lengths)) > 1 and max(lengths) <= 4  # proposals were cut at different lengths
+
+
+def test_sampling_with_cuts_matches_the_target() -> None:
+    """P(x1, x2 | prompt) under the target's processed sampling (6 tokens, 2000 samples). x1 comes from the
+    prefill, x2 from one verify step whose single draft is verified only where min(max q, the acceptance rate the
+    engine observed so far) exceeds 0.4 (c(2) = 1.4): about three steps in four here. Deeper cuts are covered by
+    the property test above."""
+    vocab = 6
+    target = tiny_llama(seed=11, vocab=vocab)
+    engine = SpeculativeEngine(target, draft_of(noisy_copy(target, 1.0, seed=12), vocab))
+    engine.verify_cost = VerifyCost((1.0, 1.4))
+    lengths = []
+    engine.add_listener(lambda record: lengths.append(int(record.draft_tokens.shape[0])))
+    prompt = torch.tensor([1, 4, 2])
+    sampling = SamplingConfig(temperature=1.0, top_k=5)
+    exact = exact_two_token_distribution(target, prompt, sampling)
+    pairs = []
+    for seed in range(2000):
+        tokens, _ = run_spec(engine, prompt, GenerationConfig(max_new_tokens=3, k=2, sampling=sampling, seed=seed))
+        pairs.append(tokens[0] * vocab + tokens[1])
+    assert 100 < lengths.count(0) < 1900, lengths.count(0)  # cut at some steps, verified at others
+    assert chi2_p_value(torch.tensor(pairs), exact) > PASS_P_VALUE
+
+
+def test_the_measured_curve_is_relative_to_one_token_and_cached(tmp_path) -> None:
+    target = tiny_llama(seed=0)
+    curve = measure_verify_cost(target)
+    assert len(curve.relative) == MEASURED_TOKENS and curve.relative[0] == 1.0
+    assert all(c > 0 for c in curve.relative)
+    first = cached_verify_cost(target, tmp_path)
+    files = list((tmp_path / "verify-cost").glob("*.json"))
+    assert len(files) == 1 and first.source == str(files[0])
+    files[0].write_text('{"relative": [1.0, 7.0]}')  # what is cached is what is used: no second measurement
+    assert cached_verify_cost(target, tmp_path).relative == (1.0, 7.0)
+
+
+def test_pipeline_modes(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ONLINESPEC_CACHE", str(tmp_path))
+    target = tiny_llama(seed=0)
+    loaded = LoadedModel(spec="tiny", model=target, tokenizer=None)
+    pipe = Pipeline(loaded, draft_of(noisy_copy(target, 0.3), 96))
+    assert pipe.engine.verify_cost is None  # the constructor verifies every drafted token
+    assert pipe.use_verify_cost("auto").relative[0] == 1.0 and pipe.engine.verify_cost is not None
+    assert pipe.use_verify_cost("off") is None and pipe.engine.verify_cost is None
+    with pytest.raises(UserError, match="unknown verify-cost mode 'fast'"):
+        pipe.use_verify_cost("fast")
+    assert Pipeline(loaded, None).use_verify_cost("auto") is None  # nothing to verify without a draft
+
+
+def test_acceptance_rates_by_hand() -> None:
+    rates = AcceptanceRates()
+    assert rates.rate(0) == 1.0  # nothing observed: no correction
+    for _ in range(4):
+        rates.observe(verified=3, accepted=1)  # depth 0 accepted, depth 1 rejected, depth 2 never reached
+    assert rates.rate(0) == 1.0  # 4 observations < MIN_WEIGHT: still no correction
+    rates.observe(verified=3, accepted=0)
+    w0 = sum(0.98**t for t in range(5))  # five reached steps, the newest weighted 1
+    assert rates.rate(0) == pytest.approx(sum(0.98**t for t in range(1, 5)) / w0)  # all but the newest accepted
+    assert rates.rate(1) == 1.0 and rates.reached[1] == pytest.approx(sum(0.98**t for t in range(1, 5)))
+    assert rates.reached[2] == 0.0 and rates.rate(2) == 1.0
+
+
+def test_observed_rates_cap_an_overconfident_draft() -> None:
+    """A lookup-like proposal (one-hot q: every token 'certain') is kept whole until the engine has seen that
+    about half its tokens are rejected; then, under the same curve, it is cut."""
+    cost = VerifyCost((1.0, 1.6, 1.9, 2.0, 2.1))
+    proposal = Proposal(
+        tokens=torch.tensor([1, 2, 3, 4]),
+        logits=torch.full((4, 6), -1e9).scatter(1, torch.tensor([[1], [2], [3], [4]]), 0.0),
+        probs=None,
+    )
+    rates = AcceptanceRates()
+    assert cut_proposal(proposal, cost, rates) is proposal
+    for step in range(20):
+        rates.observe(verified=4, accepted=step % 2)  # depth 0 accepted half the time, depth 1 never
+    assert cut_proposal(proposal, cost, rates).tokens.numel() == 0
+
+
+def test_a_depth_no_longer_verified_is_tried_again() -> None:
+    rates = AcceptanceRates()
+    for _ in range(100):
+        rates.observe(verified=1, accepted=0)  # depth 0 always rejected
+    assert rates.rate(0) < 0.01
+    steps = 0
+    while rates.rate(0) < 1.0:  # the rule now cuts depth 0 every step: nothing verified there
+        rates.observe(verified=0, accepted=0)
+        steps += 1
+    assert 100 < steps < 200  # forgotten after ~ln(4 / 43) / ln(0.98) steps: verified again
