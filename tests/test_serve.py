@@ -70,7 +70,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        args = ["--target", str(model_dir), "--draft", DRAFT, "--k", str(K), "--port", str(self.port), *flags]
+        # --verify-cost off: responses are compared with a library engine that verifies every drafted token (with
+        # `auto` the cuts follow a measured, timing-dependent curve); a test can pass --verify-cost auto in flags
+        args = ["--target", str(model_dir), "--draft", DRAFT, "--k", str(K), "--port", str(self.port)]
+        args += ["--verify-cost", "off", *flags]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with open(log, "w") as fh:
             self.proc = subprocess.Popen(
@@ -128,7 +131,7 @@ def read_events(response: httpx.Response) -> tuple[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def engine(model_dir) -> Pipeline:
-    return Pipeline.load(str(model_dir), draft=DRAFT)
+    return Pipeline.load(str(model_dir), draft=DRAFT, verify_cost="off")  # as the test servers (Server above)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,7 +48,8 @@ class VerifyCost:
     """relative[n - 1] = time of one target forward over n new tokens / time over 1 (so relative[0] == 1)."""
 
     relative: tuple[float, ...]
-    source: str = ""  # where it came from (the cache file, or "given")
+    source: str = ""  # where it came from ("measured", the cache file, or "" when given)
+    one_token_ms: float = 0.0  # the measured one-token forward, for reports (0 when not measured)
 
     def of(self, tokens: int) -> float:
         """c(tokens); beyond the measured sizes the curve grows linearly with the last measured slope (at least
@@ -59,7 +60,7 @@ class VerifyCost:
         return last + max(last - prev, 0.0) * (tokens - len(self.relative))
 
     def to_dict(self) -> dict:
-        return {"relative": list(self.relative), "source": self.source}
+        return {"relative": list(self.relative), "source": self.source, "one_token_ms": self.one_token_ms}
 
 
 class AcceptanceRates:
@@ -156,7 +157,7 @@ def measure_verify_cost(target: torch.nn.Module, sizes: int = MEASURED_TOKENS, p
             rollback(cache, PREFIX_TOKENS)
             if round_no > 0:
                 best[n - 1] = min(best[n - 1], elapsed)
-    return VerifyCost(tuple(round(b / best[0], 4) for b in best), source="measured")
+    return VerifyCost(tuple(round(b / best[0], 4) for b in best), source="measured", one_token_ms=best[0] * 1e3)
 
 
 def cached_verify_cost(target: torch.nn.Module, cache_dir: Path) -> VerifyCost:
@@ -174,15 +175,17 @@ def cached_verify_cost(target: torch.nn.Module, cache_dir: Path) -> VerifyCost:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / "verify-cost" / f"{digest}.json"
     try:
-        return VerifyCost(tuple(json.loads(path.read_text())["relative"]), source=str(path))
+        saved = json.loads(path.read_text())
+        return VerifyCost(tuple(saved["relative"]), source=str(path), one_token_ms=saved.get("one_token_ms", 0.0))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not measured yet (or an unreadable file): measure
     cost = measure_verify_cost(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"relative": list(cost.relative), "key": {**key, "config": "(hashed)"}}))
+    saved = {"relative": list(cost.relative), "one_token_ms": cost.one_token_ms, "key": {**key, "config": "(hashed)"}}
+    tmp.write_text(json.dumps(saved))
     tmp.replace(path)
-    return VerifyCost(cost.relative, source=str(path))
+    return replace(cost, source=str(path))
 
 
 def _cpu_name() -> str:

@@ -29,7 +29,7 @@ class EmbeddedModel:
     module: str  # its import name; located with find_spec, never imported (it imports heavy extras)
     gguf_file: str  # the file's name inside the package (single file) or of the assembled file (split)
     eos_token: str  # the GGUF metadata names the wrong end-of-turn token for chat use; fixed at conversion
-    convert_time: str  # what the one-off conversion costs, for its message
+    convert_time: str = "under a minute"  # what the one-off conversion costs, for its message
     split: SplitGGUF | None = None  # weights split over several packages (then `package`/`module` are the first)
 
 
