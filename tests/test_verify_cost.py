@@ -63,6 +63,13 @@ def test_beyond_the_measured_sizes_the_curve_keeps_its_last_slope() -> None:
     cost = VerifyCost((1.0, 1.2, 1.5))
     assert cost.of(3) == 1.5 and cost.of(5) == pytest.approx(2.1)
     assert VerifyCost((1.0, 1.3, 1.2)).of(6) == 1.2  # a falling end is extended flat, never downwards
+    assert VerifyCost((1.0, 1.6)).of(4) == pytest.approx(2.8)  # two points: their slope
+    assert VerifyCost((1.0,)).of(3) == 1.0  # one point: flat
+    assert VerifyCost((1.0, 2.0), one_token_ms=5.0).to_dict() == {
+        "relative": [1.0, 2.0],
+        "source": "",
+        "one_token_ms": 5.0,
+    }
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,7 +183,9 @@ def test_acceptance_rates_by_hand() -> None:
     w0 = sum(0.98**t for t in range(5))  # five reached steps, the newest weighted 1
     assert rates.rate(0) == pytest.approx(sum(0.98**t for t in range(1, 5)) / w0)  # all but the newest accepted
     assert rates.rate(1) == 1.0 and rates.reached[1] == pytest.approx(sum(0.98**t for t in range(1, 5)))
-    assert rates.reached[2] == 0.0 and rates.rate(2) == 1.0
+    assert rates.reached[2] == 0.0 and rates.rate(2) == 1.0 and len(rates.reached) == len(rates.accepted) == 3
+    rates.load_dict({"accepted": [1.0], "reached": [4.0]})  # a weight of exactly MIN_WEIGHT counts
+    assert rates.rate(0) == 0.25 and rates.to_dict() == {"accepted": [1.0], "reached": [4.0]}
 
 
 def test_observed_rates_cap_an_overconfident_draft() -> None:

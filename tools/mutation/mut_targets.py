@@ -37,6 +37,7 @@ _ENGINE_TESTS = (
     "tests/test_medusa_hydra.py",
     "tests/test_online.py",
     "tests/test_steps_per_round.py",
+    "tests/test_verify_cost.py",
 )
 _LEARNER_TESTS = (
     "tests/test_learner_settings.py",
