@@ -27,13 +27,14 @@ def add_draft_flags(
     parser: argparse.ArgumentParser, k_help: str = "drafted tokens per verify step (default: %(default)s)"
 ) -> None:
     """--draft (a draft spec; its help comes from the draft registry) and --k."""
+    from onlinespec.decoding.verify_cost import VERIFY_COST_MODES
     from onlinespec.drafts import DEFAULT_DRAFT, DEFAULT_K, draft_spec_help
 
     parser.add_argument("--draft", default=DEFAULT_DRAFT, help=draft_spec_help())
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=k_help)
     parser.add_argument(
         "--verify-cost",
-        choices=("auto", "off"),
+        choices=VERIFY_COST_MODES,
         default="auto",
         help="auto: measure once what a target forward over 1..9 tokens costs on this machine (cached) and verify "
         "only as many drafted tokens as are expected to pay for it; off: verify all k (default: %(default)s)",
