@@ -5,7 +5,9 @@
     python benchmarks/bench_verify_cost.py --target qwen2.5-coder-1.5b --fresh
 
 By default it prints the curve the library would use (cached under the model cache directory, measured now if not
-yet); `--fresh` measures again without touching the cache. Writes verify_cost.json to --out.
+yet); `--fresh` measures again without touching the cache. The curve is measured in the weight layout the library
+would use (models/weight_layout.py; `--weight-layout`); `--compare-layouts` also times forwards over 1..9 tokens
+in both layouts, interleaved, and prints their milliseconds side by side. Writes verify_cost.json to --out.
 """
 
 from __future__ import annotations
@@ -13,15 +15,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
-from onlinespec.decoding.verify_cost import cached_verify_cost, measure_verify_cost
+from onlinespec.decoding.verify_cost import MEASURED_TOKENS, cached_verify_cost, measure_verify_cost
 from onlinespec.models import DEFAULT_MODEL, cache_root
+from onlinespec.models.machine_cache import cpu_name
 from onlinespec.models.resolve import load_model
+from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, WEIGHT_LAYOUTS, set_weight_layout, use_weight_layout
+
+
+def compare_layouts(target: torch.nn.Module, keep: str, rounds: int = 3) -> dict[str, list[float]]:
+    """Milliseconds of forwards over 1..MEASURED_TOKENS tokens per layout, layouts alternating, fastest kept; the
+    model is left in `keep`."""
+    best: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name in WEIGHT_LAYOUTS:
+            set_weight_layout(target, name)
+            cost = measure_verify_cost(target)
+            ms = [c * cost.one_token_ms for c in cost.relative]
+            best[name] = [min(a, b) for a, b in zip(best.get(name, ms), ms, strict=True)]
+    set_weight_layout(target, keep)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,20 +47,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--fresh", action="store_true", help="measure again (the cache is neither read nor written)")
+    p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
+    p.add_argument("--compare-layouts", action="store_true", help="time both weight layouts over 1..9 tokens")
     p.add_argument("--out", default="bench-out/verify-cost")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype).model
+    layout = use_weight_layout(target, args.weight_layout, cache_root())
+    record: dict = {}
+    if args.compare_layouts:
+        times = compare_layouts(target, layout)
+        print("tokens  " + "  ".join(f"{name:>12}" for name in WEIGHT_LAYOUTS) + "   (ms, fastest of 3 rounds)")
+        for n in range(MEASURED_TOKENS):
+            print(f"{n + 1:>6}  " + "  ".join(f"{times[name][n]:>12.1f}" for name in WEIGHT_LAYOUTS))
+        record["layouts_ms"] = times
     cost = measure_verify_cost(target) if args.fresh else cached_verify_cost(target, cache_root())
-    print(f"{args.target} {args.dtype}, {torch.get_num_threads()} threads, {platform.processor() or ''}")
+    print(f"{args.target} {args.dtype}, weights {layout}, {torch.get_num_threads()} threads, {cpu_name()}")
     print(f"one-token forward: {cost.one_token_ms:.0f} ms (0 = read from a cache written before this was recorded)")
     print("tokens  relative cost")
     for n, c in enumerate(cost.relative, start=1):
         print(f"{n:>6}  {c:.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {**cost.to_dict(), **vars(args), "threads_used": torch.get_num_threads(), "loadavg": os.getloadavg()}
+    record.update(cost.to_dict(), **vars(args), layout_used=layout, threads_used=torch.get_num_threads())
+    record["loadavg"] = os.getloadavg()
     (out / "verify_cost.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {out / 'verify_cost.json'}", file=sys.stderr)
     return 0

@@ -8,7 +8,9 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
 - ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K);
   `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G;
   `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
-  verify cost pays, decoding/verify_cost.py). Options combine: `hybrid@2@gate=0@cost=off`.
+  verify cost pays, decoding/verify_cost.py); `DRAFT@K@layout=standard|transposed` runs that entry with the target's
+  weights in that layout (default: `--weight-layout`, models/weight_layout.py). Options combine:
+  `hybrid@2@gate=0@cost=off`. The entry `ar` (options allowed: `ar@layout=standard`) is one more autoregressive run.
 Prompts: the first `--prompts` online items of each `--streams` source (chat-wrapped, as `onlinespec bench`).
 tokens/s = new tokens / wall seconds of the whole call, summed over prompts per stream. Greedy equality: every
 ours_* against ours_ar, hf_lookup against hf_plain, ours_ar against hf_plain (in reduced precision a k-token and a
@@ -34,8 +36,9 @@ from tqdm import tqdm
 from onlinespec import GenerationConfig, Pipeline
 from onlinespec.bench.prompts import source_stream
 from onlinespec.drafts import make_draft
-from onlinespec.models import DEFAULT_MODEL
+from onlinespec.models import DEFAULT_MODEL, cache_root
 from onlinespec.models.resolve import load_model
+from onlinespec.models.weight_layout import STANDARD, WEIGHT_LAYOUT_MODES, set_weight_layout, use_weight_layout
 from onlinespec.prompting import encode_prompt
 
 
@@ -49,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hf-lookup", type=int, default=5, help="HF prompt_lookup_num_tokens (0 = leave hf_lookup out)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--weight-layout",
+        default="auto",
+        choices=WEIGHT_LAYOUT_MODES,
+        help="our methods' weight layout (models/weight_layout.py); HF's methods always run the standard one",
+    )
     p.add_argument("--out", default="bench-out/vs-hf")
     return p.parse_args(argv)
 
@@ -124,12 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)
+    ours_layout = use_weight_layout(target.model, args.weight_layout, cache_root())
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}
     curves: dict[str, list[float] | None] = {}  # the verify-cost curve each draft's pipeline used
+    # HF's methods run the weights as users load them; ours as the CLI does, or as an entry's layout= says
+    layouts = {"hf_plain": STANDARD, "hf_lookup": STANDARD, "ours_ar": ours_layout}
     for entry in args.drafts.split(","):
         spec, *options = entry.split("@")
+        if spec == "ar":
+            options = ["1", *options]
         k, settings = (options[0] if options else ""), dict(o.split("=", 1) for o in options[1:])
+        layouts[f"ours:{entry}"] = settings.get("layout", ours_layout)
+        set_weight_layout(target.model, layouts[f"ours:{entry}"])  # the verify cost is measured in it
+        if spec == "ar":
+            drafts[f"ours:{entry}"] = (ar, 0)
+            continue
         draft = make_draft(spec, target, args.dtype)
         if "gate" in settings:
             draft.head_min_confidence = float(settings["gate"])  # a hybrid draft's head gate (drafts/hybrid.py)
@@ -145,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     def run(method: str, ids: torch.Tensor, n_new: int) -> dict:
+        set_weight_layout(target.model, layouts[method])  # a copy when it changes, before the clock starts
         if method in ("hf_plain", "hf_lookup"):
             lookup = {"prompt_lookup_num_tokens": args.hf_lookup} if method == "hf_lookup" else {}
             tokens, seconds = run_hf(ar, ids, n_new, None, **lookup)
@@ -152,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if method == "ours_ar":
             return run_ours(ar, ids, n_new, 1, "ar")
         pipe, k = drafts[method]
-        return run_ours(pipe, ids, n_new, k, "spec")
+        return run_ours(pipe, ids, n_new, max(k, 1), "spec" if k else "ar")
 
     for m in methods:  # warm-up: one short call each
         run(m, prompts[0][2], 8)
@@ -183,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(),
             "verify_cost": curves,
+            "weight_layout": layouts,
         },
         "machine": {
             "platform": platform.platform(),

@@ -77,6 +77,8 @@ def test_results_json_has_the_documented_schema(full_run) -> None:
     assert config["settings"]["seed"] == 0 and config["settings"]["methods"] == list(METHODS)
     assert config["prompts"] == 8 and config["sessions"] == 1
     assert config["draft_used"] == "layerskip:2"  # an explicit spec is recorded as given
+    # the layout `auto` chose for the target's weights on this machine, and the default that asked for it
+    assert config["weight_layout"] in ("standard", "transposed") and config["settings"]["weight_layout"] == "auto"
     for key in ("torch", "transformers", "python", "machine", "cpus", "onlinespec"):
         assert key in config["environment"]
     types = {

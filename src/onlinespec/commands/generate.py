@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from onlinespec.decoding.config import GenerationConfig
     from onlinespec.decoding.sampling import SamplingConfig
+    from onlinespec.models.weight_layout import weight_layout
     from onlinespec.pipeline import Pipeline
     from onlinespec.text_stream import TextStream
 
@@ -74,7 +75,13 @@ def _run(args: argparse.Namespace) -> int:
         online_cfg = replace(online_cfg, schedule="sync")
     quiet_transformers()
     draft = args.draft if args.mode == "spec" else "none"
-    pipe = Pipeline.load(target=args.target, draft=draft, dtype=args.dtype, verify_cost=args.verify_cost)
+    pipe = Pipeline.load(
+        target=args.target,
+        draft=draft,
+        dtype=args.dtype,
+        verify_cost=args.verify_cost,
+        weight_layout=args.weight_layout,
+    )
     if online_cfg is not None:
         pipe.enable_learning(online_cfg)
     generation = pipe.start(pipe.encode(args.prompt, chat=not args.no_chat), cfg, args.mode)
@@ -98,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
             "mode": args.mode,
             "k": args.k,
             "dtype": args.dtype,
+            "weight_layout": weight_layout(pipe.target.model),  # what --weight-layout chose
             "learner": args.learner,
         }
         if learned is not None:

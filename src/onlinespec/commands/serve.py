@@ -116,7 +116,13 @@ def _run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and args.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", args.host)
     quiet_transformers()
-    pipe = Pipeline.load(target=args.target, draft=args.draft, dtype=args.dtype, verify_cost=args.verify_cost)
+    pipe = Pipeline.load(
+        target=args.target,
+        draft=args.draft,
+        dtype=args.dtype,
+        verify_cost=args.verify_cost,
+        weight_layout=args.weight_layout,
+    )
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")

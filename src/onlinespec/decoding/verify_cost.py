@@ -25,9 +25,7 @@ keep long proposals while cutting short ones.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +34,8 @@ import torch
 
 from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.kv_cache import new_cache, rollback
+from onlinespec.models.machine_cache import read_measurement, write_measurement
+from onlinespec.models.weight_layout import weight_layout
 
 MEASURED_TOKENS = 9  # forwards over 1..9 tokens are timed: drafts of up to k = 8 tokens
 PREFIX_TOKENS = 128  # the measured forwards extend a cache of this many positions (a typical prompt's order)
@@ -140,16 +140,20 @@ def cut_proposal(proposal: Proposal, cost: VerifyCost, rates: AcceptanceRates | 
 
 
 @torch.inference_mode()
-def measure_verify_cost(target: torch.nn.Module, sizes: int = MEASURED_TOKENS, progress: bool = False) -> VerifyCost:
+def measure_verify_cost(target: torch.nn.Module, sizes: int = MEASURED_TOKENS, progress: str = "") -> VerifyCost:
     """Time target forwards over 1..sizes new tokens on a cache of PREFIX_TOKENS random positions (REPEATS
-    rounds, sizes interleaved, the fastest of each kept) and return their costs relative to one token."""
+    rounds, sizes interleaved, the fastest of each kept) and return their costs relative to one token. A
+    non-empty `progress` shows a progress bar on stderr with that description."""
+    from tqdm import tqdm
+
     vocab = int(target.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (1, PREFIX_TOKENS + sizes), generator=gen)
     cache = new_cache(target)
     target(input_ids=ids[:, :PREFIX_TOKENS], past_key_values=cache, use_cache=True, logits_to_keep=1)
     best = [float("inf")] * sizes
-    for round_no in range(REPEATS + 1):  # round 0 warms the kernels up and is not kept
+    rounds = tqdm(range(REPEATS + 1), desc=progress, unit="round", file=sys.stderr, disable=not progress, leave=False)
+    for round_no in rounds:  # round 0 warms the kernels up and is not kept
         for n in range(1, sizes + 1):
             tic = time.perf_counter()
             target(input_ids=ids[:, PREFIX_TOKENS : PREFIX_TOKENS + n], past_key_values=cache, use_cache=True)
@@ -161,38 +165,16 @@ def measure_verify_cost(target: torch.nn.Module, sizes: int = MEASURED_TOKENS, p
 
 
 def cached_verify_cost(target: torch.nn.Module, cache_dir: Path) -> VerifyCost:
-    """The measured curve for this model, dtype, torch thread count and CPU: read from `cache_dir` when measured
-    before, else measured now (seconds for the embedded model; under a minute for a 1.5B target) and saved."""
-    dtype = next(target.parameters()).dtype
-    key = {
-        "config": target.config.to_json_string(use_diff=False),
-        "dtype": str(dtype),
-        "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
-        "torch": torch.__version__,
-        "sizes": MEASURED_TOKENS,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / "verify-cost" / f"{digest}.json"
+    """The measured curve for this model, dtype, weight layout, torch thread count and CPU: read from `cache_dir`
+    when measured before, else measured now (seconds for the embedded model; under a minute for a 1.5B target)
+    and saved."""
+    extra = {"sizes": MEASURED_TOKENS, "weight_layout": weight_layout(target)}
+    saved = read_measurement(cache_dir, "verify-cost", target, extra)
     try:
-        saved = json.loads(path.read_text())
-        return VerifyCost(tuple(saved["relative"]), source=str(path), one_token_ms=saved.get("one_token_ms", 0.0))
-    except (OSError, ValueError, KeyError, TypeError):
+        return VerifyCost(tuple(saved["relative"]), source=saved["source"], one_token_ms=saved.get("one_token_ms", 0.0))
+    except (KeyError, TypeError):
         pass  # not measured yet (or an unreadable file): measure
-    cost = measure_verify_cost(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    saved = {"relative": list(cost.relative), "one_token_ms": cost.one_token_ms, "key": {**key, "config": "(hashed)"}}
-    tmp.write_text(json.dumps(saved))
-    tmp.replace(path)
+    cost = measure_verify_cost(target, progress="measuring this machine's verify cost (once; cached)")
+    record = {"relative": list(cost.relative), "one_token_ms": cost.one_token_ms}
+    path = write_measurement(cache_dir, "verify-cost", target, record, extra)
     return replace(cost, source=str(path))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

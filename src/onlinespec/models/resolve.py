@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from onlinespec.errors import UserError
-from onlinespec.models.embedded import EMBEDDED, embedded_model_dir
+from onlinespec.models.embedded import EMBEDDED, cache_root, embedded_model_dir
+from onlinespec.models.weight_layout import use_weight_layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,8 +35,9 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or Path(spec).exists()
 
 
-def load_model(spec: str, dtype: str | torch.dtype = "float32") -> LoadedModel:
-    """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype`."""
+def load_model(spec: str, dtype: str | torch.dtype = "float32", weight_layout: str = "standard") -> LoadedModel:
+    """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype`, its linear weights in
+    `weight_layout` (models/weight_layout.py: "standard" as loaded, "transposed", or "auto": the faster here)."""
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     if not spec or not spec.strip():
         raise UserError("empty model spec: give an embedded name (smollm2-135m), a directory, a .gguf file or a hub id")
@@ -64,4 +66,5 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32") -> LoadedModel:
         ) from exc
     model.eval()
     model.requires_grad_(False)
+    use_weight_layout(model, weight_layout, cache_root())
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer)

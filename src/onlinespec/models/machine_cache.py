@@ -1,0 +1,65 @@
+"""Measurements of how fast this machine runs a model, cached on disk so each is made once.
+
+A measurement (the verify-cost curve, the faster weight layout) holds for one model config, dtype, torch thread
+count, CPU and torch version: those make its key, plus whatever the caller adds (`extra`). Files live under
+`cache_dir/<kind>/<hash of the key>.json` and are written atomically (a temporary file, then a rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine_key(model: torch.nn.Module, extra: dict | None = None) -> dict:
+    """What a speed measurement of `model` depends on."""
+    return {
+        "config": model.config.to_json_string(use_diff=False),
+        "dtype": str(next(model.parameters()).dtype),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        **(extra or {}),
+    }
+
+
+def _path(cache_dir: Path, kind: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / kind / f"{digest}.json"
+
+
+def read_measurement(cache_dir: Path, kind: str, model: torch.nn.Module, extra: dict | None = None) -> dict | None:
+    """The saved measurement of `kind` for this key, or None when none was saved (or the file is unreadable)."""
+    path = _path(cache_dir, kind, machine_key(model, extra))
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {**saved, "source": str(path)} if isinstance(saved, dict) else None
+
+
+def write_measurement(
+    cache_dir: Path, kind: str, model: torch.nn.Module, record: dict, extra: dict | None = None
+) -> Path:
+    """Save `record` as the measurement of `kind` for this key; returns its path."""
+    key = machine_key(model, extra)
+    path = _path(cache_dir, kind, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**record, "key": {**key, "config": "(hashed)"}}))
+    tmp.replace(path)
+    return path
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

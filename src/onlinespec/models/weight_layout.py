@@ -1,0 +1,105 @@
+"""How the target's linear weights lie in memory, chosen by measuring which layout this machine runs faster.
+
+`nn.Linear` keeps its weight as an [out, in] matrix and computes x @ W^T. With the same values stored
+transposed (an [in, out] block in memory, seen through a [out, in] view with strides (1, out)), `F.linear` hands
+the BLAS a contiguous right-hand matrix and picks another kernel. Which is faster depends on the CPU and on how
+many tokens a forward carries: on the project's AMD EPYC (avx2, one thread) SmolLM2-135M's forwards over 1/2/3
+tokens took 0.93/1.29/1.52 of the standard layout's one-token step transposed against 1/1.71/1.96 standard, while
+4 tokens and more were slower transposed (docs/benchmarks.md). The values are the same, so outputs agree up to
+fp32 rounding, and a model's parameters keep their names and shapes (state dicts, exports and the drafts that read
+the LM head's rows see no difference).
+
+The rule (`faster_layout`): measure forwards over 1..MEASURED_TOKENS new tokens in each layout (the one-token
+step of autoregressive decoding and the verify forwards of the default k = 2) and keep the layout whose summed time
+is lower. Measured once per model, dtype, thread count and CPU, cached on disk like the verify cost.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+
+from onlinespec.errors import UserError
+from onlinespec.models.machine_cache import read_measurement, write_measurement
+
+STANDARD, TRANSPOSED = "standard", "transposed"
+WEIGHT_LAYOUTS = (STANDARD, TRANSPOSED)
+WEIGHT_LAYOUT_MODES = ("auto", *WEIGHT_LAYOUTS)  # auto: measure once (cached) and keep the faster layout
+MEASURED_TOKENS = 3  # 1 = an autoregressive step; 3 = a verify step of the default k = 2
+ROUNDS = 2  # each layout is timed this many times, alternating, the fastest counts
+
+
+def weight_layout(model: nn.Module) -> str:
+    """The layout of `model`'s linear weights (the first one's: `set_weight_layout` sets them all alike)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            w = module.weight
+            return TRANSPOSED if w.dim() == 2 and w.shape[0] > 1 and w.stride() == (1, w.shape[0]) else STANDARD
+    return STANDARD
+
+
+def set_weight_layout(model: nn.Module, layout: str) -> None:
+    """Store every `nn.Linear` weight of `model` in `layout`, in place; a weight tied to an embedding (the LM head
+    of a model with tied embeddings) stays tied. Values, names, shapes and requires_grad are unchanged; a model
+    already in `layout` is left as it is (no copy)."""
+    if layout not in WEIGHT_LAYOUTS:
+        raise UserError(f"unknown weight layout '{layout}': choose one of {', '.join(WEIGHT_LAYOUT_MODES)}")
+    if weight_layout(model) == layout:
+        return
+    replaced: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            old = module.weight
+            if id(old) not in replaced:
+                data = old.detach()
+                data = data.t().contiguous().t() if layout == TRANSPOSED else data.contiguous()
+                replaced[id(old)] = nn.Parameter(data, requires_grad=old.requires_grad)
+            module.weight = replaced[id(old)]
+    for module in model.modules():  # re-tie embeddings that shared a replaced weight
+        if isinstance(module, nn.Embedding) and id(module.weight) in replaced:
+            module.weight = replaced[id(module.weight)]
+
+
+def measure_weight_layouts(model: nn.Module, progress: bool = False) -> dict[str, list[float]]:
+    """Milliseconds of forwards over 1..MEASURED_TOKENS new tokens in each layout (fastest of ROUNDS, layouts
+    alternating); leaves `model` in the layout it had. `progress`: a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from onlinespec.decoding.verify_cost import measure_verify_cost
+
+    start = weight_layout(model)
+    best: dict[str, list[float]] = {}
+    runs = [layout for _ in range(ROUNDS) for layout in WEIGHT_LAYOUTS]
+    desc = "measuring which weight layout runs faster here (once; cached)"
+    for layout in tqdm(runs, desc=desc, unit="layout", file=sys.stderr, disable=not progress, leave=False):
+        set_weight_layout(model, layout)
+        cost = measure_verify_cost(model, sizes=MEASURED_TOKENS)
+        ms = [c * cost.one_token_ms for c in cost.relative]
+        best[layout] = [min(a, b) for a, b in zip(best.get(layout, ms), ms, strict=True)]
+    set_weight_layout(model, start)
+    return best
+
+
+def faster_layout(times_ms: dict[str, list[float]]) -> str:
+    """The rule: the layout whose forwards over 1..MEASURED_TOKENS tokens take less time in total (a tie keeps
+    the standard layout)."""
+    return TRANSPOSED if sum(times_ms[TRANSPOSED]) < sum(times_ms[STANDARD]) else STANDARD
+
+
+def use_weight_layout(model: nn.Module, mode: str, cache_dir=None) -> str:
+    """Put `model` in the layout `mode` names ("standard", "transposed", or "auto": the faster one on this machine,
+    measured once and cached under `cache_dir`); returns the layout used."""
+    if mode not in WEIGHT_LAYOUT_MODES:
+        raise UserError(f"unknown weight layout '{mode}': choose one of {', '.join(WEIGHT_LAYOUT_MODES)}")
+    if mode == "auto":
+        set_weight_layout(model, STANDARD)  # the measurement's key describes the model as loaded
+        saved = read_measurement(cache_dir, "weight-layout", model) if cache_dir is not None else None
+        if saved is None:
+            times = measure_weight_layouts(model, progress=True)
+            saved = {"layout": faster_layout(times), "ms": times}
+            if cache_dir is not None:
+                write_measurement(cache_dir, "weight-layout", model, saved)
+        mode = saved["layout"]
+    set_weight_layout(model, mode)
+    return mode
