@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,18 +28,27 @@ from onlinespec.models.resolve import load_model
 from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, WEIGHT_LAYOUTS, set_weight_layout, use_weight_layout
 
 
-def compare_layouts(target: torch.nn.Module, keep: str, rounds: int = 3) -> dict[str, list[float]]:
-    """Milliseconds of forwards over 1..MEASURED_TOKENS tokens per layout, layouts alternating, fastest kept; the
-    model is left in `keep`."""
+@torch.inference_mode()
+def compare_layouts(
+    target: torch.nn.Module, keep: str, prefill: int, rounds: int = 3
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Milliseconds of forwards over 1..MEASURED_TOKENS tokens per layout, and of a prefill of `prefill` random
+    tokens, layouts alternating, fastest of `rounds` kept; the model is left in `keep`."""
     best: dict[str, list[float]] = {}
+    prefill_ms: dict[str, float] = {}
+    ids = torch.randint(0, int(target.config.vocab_size), (1, prefill), generator=torch.Generator().manual_seed(0))
     for _ in range(rounds):
         for name in WEIGHT_LAYOUTS:
             set_weight_layout(target, name)
             cost = measure_verify_cost(target)
             ms = [c * cost.one_token_ms for c in cost.relative]
             best[name] = [min(a, b) for a, b in zip(best.get(name, ms), ms, strict=True)]
+            if prefill:
+                tic = time.perf_counter()
+                target(input_ids=ids, logits_to_keep=1)
+                prefill_ms[name] = min(prefill_ms.get(name, float("inf")), (time.perf_counter() - tic) * 1e3)
     set_weight_layout(target, keep)
-    return best
+    return best, prefill_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="measure again (the cache is neither read nor written)")
     p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
     p.add_argument("--compare-layouts", action="store_true", help="time both weight layouts over 1..9 tokens")
+    p.add_argument("--prefill", type=int, default=400, help="--compare-layouts: also time a prefill this long")
     p.add_argument("--out", default="bench-out/verify-cost")
     args = p.parse_args(argv)
     if args.threads > 0:
@@ -57,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     layout = use_weight_layout(target, args.weight_layout, cache_root())
     record: dict = {}
     if args.compare_layouts:
-        times = compare_layouts(target, layout)
+        times, prefill_ms = compare_layouts(target, layout, args.prefill)
         print("tokens  " + "  ".join(f"{name:>12}" for name in WEIGHT_LAYOUTS) + "   (ms, fastest of 3 rounds)")
         for n in range(MEASURED_TOKENS):
             print(f"{n + 1:>6}  " + "  ".join(f"{times[name][n]:>12.1f}" for name in WEIGHT_LAYOUTS))
-        record["layouts_ms"] = times
+        if prefill_ms:
+            print(f"prefill {args.prefill}: " + "  ".join(f"{name} {ms:.0f} ms" for name, ms in prefill_ms.items()))
+        record["layouts_ms"], record["prefill_ms"] = times, prefill_ms
     cost = measure_verify_cost(target) if args.fresh else cached_verify_cost(target, cache_root())
     print(f"{args.target} {args.dtype}, weights {layout}, {torch.get_num_threads()} threads, {cpu_name()}")
     print(f"one-token forward: {cost.one_token_ms:.0f} ms (0 = read from a cache written before this was recorded)")
