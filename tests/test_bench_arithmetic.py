@@ -4,7 +4,10 @@ from given round records, and the greedy-divergence report for a method whose ou
 from __future__ import annotations
 
 import pytest
+import torch
+from conftest import tiny_llama
 
+from onlinespec.bench.divergence import divergence_margins
 from onlinespec.bench.results import first_divergence, ideal_speedup, summarise
 
 K = 3
@@ -100,6 +103,21 @@ def test_a_method_that_diverges_on_purpose_is_reported() -> None:
     assert static["first_divergences"] == [{"prompt": 1, "token": 2}]
     assert results["methods"]["ogd"]["greedy_mismatches"] == 0
     assert results["greedy_mismatches"] == 1
+
+
+def test_the_targets_margin_at_each_divergence_is_reported() -> None:
+    """bench/divergence.py: top-1 minus top-2 logit of the target after the prompt and the reference's tokens before
+    the divergence, attached to the divergence it explains; equal outputs and a reference that ended first get none."""
+    model = tiny_llama(seed=0)
+    prompts = [torch.tensor([3, 4, 5]), torch.tensor([7, 8])]
+    texts = {"ar": [[10, 11, 12], [20, 21]], "x": [[10, 30, 12], [20, 21, 22]], "y": [[10, 11, 12], [20, 21]]}
+    margins = divergence_margins(model, prompts, texts, "ar")
+    with torch.no_grad():
+        top = model(torch.tensor([[3, 4, 5, 10]])).logits[0, -1].topk(2).values
+    assert margins == {"x": {"0": pytest.approx(float(top[0] - top[1]), abs=1e-5)}}
+    assert margins["x"]["0"] >= 0
+    results = summarise({}, ROUNDS, outputs(static_second=[5, 6, 9, 8]), K, {"static": {"1": 0.25}})
+    assert results["methods"]["static"]["first_divergences"] == [{"prompt": 1, "token": 2, "margin": 0.25}]
 
 
 @pytest.mark.parametrize(

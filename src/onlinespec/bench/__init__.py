@@ -53,7 +53,7 @@ def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: s
         "sessions": progress["sessions"],  # 1 = ran without interruption
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    results = summarise(config, progress["rounds"], progress["outputs"], settings.k)
+    results = summarise(config, progress["rounds"], progress["outputs"], settings.k, progress.get("divergence_margins"))
     write_outputs(out, results, progress["rounds"])
     runner.checkpoint.drop_states()
     return results

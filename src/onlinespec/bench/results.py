@@ -60,8 +60,12 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def summarise(config: dict, rounds: list[dict], outputs: dict[str, list[list[int]]], k: int) -> dict:
-    """results.json's content: `config` as given, and per method the sums over its rounds and derived figures."""
+def summarise(
+    config: dict, rounds: list[dict], outputs: dict[str, list[list[int]]], k: int, margins: dict | None = None
+) -> dict:
+    """results.json's content: `config` as given, and per method the sums over its rounds and derived figures.
+    `margins` ({method: {prompt index: margin}}, bench/divergence.py) adds the target's logit margin to each
+    first divergence it covers."""
     methods: dict[str, dict] = {}
     for method in outputs:
         own = [r for r in rounds if r["method"] == method]
@@ -73,7 +77,8 @@ def summarise(config: dict, rounds: list[dict], outputs: dict[str, list[list[int
         for index, (ours, ref) in enumerate(zip(outputs[method], outputs[REFERENCE], strict=True)):
             at = first_divergence(ours, ref)
             if at is not None:
-                divergences.append({"prompt": index, "token": at})
+                margin = (margins or {}).get(method, {}).get(str(index))
+                divergences.append({"prompt": index, "token": at, **({} if margin is None else {"margin": margin})})
         methods[method] = {
             "tau": total.tau,
             "alpha": total.alpha,

@@ -232,6 +232,14 @@ class BenchRunner:
         first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
         pipes = {m: self._pipeline(m, target, first) for m in s.methods}
         self._decode(pipes, target)
+        if self.finished:  # how close the target's choice was wherever a greedy output left ar's
+            from onlinespec.bench.divergence import divergence_margins  # imports results, which imports this module
+
+            prompts = [prompt_ids(target.tokenizer, p, s.chat) for p in self.stream.online]
+            self.progress["divergence_margins"] = divergence_margins(
+                target.model, prompts, self.progress["outputs"], REFERENCE
+            )
+            self.checkpoint.save(self.progress)
         return self.progress
 
     def _pipeline(self, method: str, target: LoadedModel, warmup_ids: torch.Tensor) -> Pipeline:
