@@ -99,3 +99,27 @@ def test_an_unknown_layout_is_a_clear_error() -> None:
         use_weight_layout(tiny_llama(seed=0), "sideways")
     with pytest.raises(UserError, match="unknown weight layout 'auto'"):
         set_weight_layout(tiny_llama(seed=0), "auto")  # auto is a mode of use_weight_layout, not a layout
+
+
+def test_auto_leaves_the_weights_in_fresh_memory_whether_it_measured_or_read_the_cache(tmp_path) -> None:
+    """Weights loaded from a file may sit at unaligned addresses, where the BLAS may round differently: a run that
+    measured and one that read the cache must not differ in that (the bench's resume test caught it)."""
+    for call in range(2):  # the first call measures, the second reads the cache, set to the layout loaded
+        model = tiny_llama(seed=0)
+        before = {p.data_ptr() for p in model.parameters()}
+        layout = use_weight_layout(model, "auto", tmp_path)
+        q_proj = model.model.layers[0].self_attn.q_proj.weight
+        assert weight_layout(model) == layout and q_proj.data_ptr() not in before and q_proj.data_ptr() % 64 == 0
+        if call == 0:
+            (cached,) = (tmp_path / "weight-layout").glob("*.json")
+            cached.write_text(json.dumps({**json.loads(cached.read_text()), "layout": STANDARD}))
+
+
+def test_a_copy_in_the_same_layout_is_fresh_memory_with_the_same_values() -> None:
+    model = tiny_llama(seed=0)
+    for layout in (STANDARD, TRANSPOSED, TRANSPOSED):
+        old = model.lm_head.weight
+        set_weight_layout(model, layout, copy=True)
+        new = model.lm_head.weight
+        assert new is not old and new.data_ptr() != old.data_ptr() and torch.equal(new, old)
+        assert weight_layout(model) == layout and new is model.model.embed_tokens.weight

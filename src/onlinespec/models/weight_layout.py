@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from torch import nn
 
 from onlinespec.errors import UserError
@@ -39,21 +40,22 @@ def weight_layout(model: nn.Module) -> str:
     return STANDARD
 
 
-def set_weight_layout(model: nn.Module, layout: str) -> None:
+def set_weight_layout(model: nn.Module, layout: str, copy: bool = False) -> None:
     """Store every `nn.Linear` weight of `model` in `layout`, in place; a weight tied to an embedding (the LM head
     of a model with tied embeddings) stays tied. Values, names, shapes and requires_grad are unchanged; a model
-    already in `layout` is left as it is (no copy)."""
+    already in `layout` is left as it is, unless `copy` (then every weight is copied into fresh memory)."""
     if layout not in WEIGHT_LAYOUTS:
         raise UserError(f"unknown weight layout '{layout}': choose one of {', '.join(WEIGHT_LAYOUT_MODES)}")
-    if weight_layout(model) == layout:
+    if weight_layout(model) == layout and not copy:
         return
     replaced: dict[int, nn.Parameter] = {}
     for module in model.modules():
         if isinstance(module, nn.Linear):
             old = module.weight
             if id(old) not in replaced:
-                data = old.detach()
-                data = data.t().contiguous().t() if layout == TRANSPOSED else data.contiguous()
+                data = old.detach().t() if layout == TRANSPOSED else old.detach()  # the block to make contiguous
+                data = data.clone(memory_format=torch.contiguous_format)  # always fresh memory
+                data = data.t() if layout == TRANSPOSED else data
                 replaced[id(old)] = nn.Parameter(data, requires_grad=old.requires_grad)
             module.weight = replaced[id(old)]
     for module in model.modules():  # re-tie embeddings that shared a replaced weight
@@ -101,5 +103,10 @@ def use_weight_layout(model: nn.Module, mode: str, cache_dir=None) -> str:
             if cache_dir is not None:
                 write_measurement(cache_dir, "weight-layout", model, saved)
         mode = saved["layout"]
+        # Always fresh memory, measured now or read from the cache: weights loaded from a file may sit at unaligned
+        # addresses, where the BLAS may round differently than on a copy, so a run that measured and one that read
+        # the cache would otherwise differ in the last bits (and, at a near-tie, in a greedy token).
+        set_weight_layout(model, mode, copy=True)
+        return mode
     set_weight_layout(model, mode)
     return mode
