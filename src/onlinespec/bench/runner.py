@@ -220,27 +220,35 @@ class BenchRunner:
         return self.progress["done"] >= len(self.stream.online)
 
     def run(self) -> dict:
-        """Decode every prompt not yet done; returns the progress (rounds, outputs, elapsed time)."""
-        if self.finished:
-            return self.progress
+        """Decode every prompt not yet done; returns the progress (rounds, outputs, elapsed time). A finished run
+        also gets the target's logit margin at each greedy divergence (once; resuming a finished run adds them)."""
         s = self.settings
-        self.progress["sessions"] += 1
-        self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
-        torch.manual_seed(s.seed)
-        target = load_model(s.target, s.dtype, s.weight_layout)
-        self.progress["weight_layout"] = weight_layout(target.model)
-        first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
-        pipes = {m: self._pipeline(m, target, first) for m in s.methods}
-        self._decode(pipes, target)
-        if self.finished:  # how close the target's choice was wherever a greedy output left ar's
-            from onlinespec.bench.divergence import divergence_margins  # imports results, which imports this module
-
-            prompts = [prompt_ids(target.tokenizer, p, s.chat) for p in self.stream.online]
-            self.progress["divergence_margins"] = divergence_margins(
-                target.model, prompts, self.progress["outputs"], REFERENCE
-            )
-            self.checkpoint.save(self.progress)
+        target = None
+        if not self.finished:
+            self.progress["sessions"] += 1
+            self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
+            torch.manual_seed(s.seed)
+            target = load_model(s.target, s.dtype, s.weight_layout)
+            self.progress["weight_layout"] = weight_layout(target.model)
+            first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
+            pipes = {m: self._pipeline(m, target, first) for m in s.methods}
+            self._decode(pipes, target)
+        if self.finished and "divergence_margins" not in self.progress:
+            self._add_divergence_margins(target)
         return self.progress
+
+    def _add_divergence_margins(self, target: LoadedModel | None) -> None:
+        """How close the target's choice was wherever a greedy output left ar's (bench/divergence.py)."""
+        from onlinespec.bench.divergence import divergence_margins  # imports results, which imports this module
+
+        outputs, margins = self.progress["outputs"], {}
+        if any(ours != outputs[REFERENCE] for ours in outputs.values()):
+            s = self.settings
+            target = target or load_model(s.target, s.dtype, self.progress.get("weight_layout") or s.weight_layout)
+            prompts = [prompt_ids(target.tokenizer, p, s.chat) for p in self.stream.online]
+            margins = divergence_margins(target.model, prompts, outputs, REFERENCE)
+        self.progress["divergence_margins"] = margins
+        self.checkpoint.save(self.progress)
 
     def _pipeline(self, method: str, target: LoadedModel, warmup_ids: torch.Tensor) -> Pipeline:
         """The method's pipeline, after one untimed request (before learning is attached: it teaches nothing)."""

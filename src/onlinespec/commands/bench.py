@@ -145,5 +145,12 @@ def run(args: argparse.Namespace) -> int:
     print(render_report(results))
     print(f"saved to {out}/: {', '.join(results['files'])}")
     if results["greedy_mismatches"] and settings.dtype == "float32":
-        print(f"onlinespec: warning: {results['greedy_mismatches']} greedy outputs differ from ar's", file=sys.stderr)
+        margins = [d["margin"] for m in results["methods"].values() for d in m["first_divergences"] if "margin" in d]
+        where = f" (the target's top-2 logit margin there: {', '.join(f'{x:.2g}' for x in margins)})" if margins else ""
+        print(
+            f"onlinespec: warning: {results['greedy_mismatches']} greedy outputs differ from ar's{where}; a margin "
+            "near float rounding (about 1e-5) is a near-tie that a multi-token forward rounds differently, a clear "
+            "one is a bug: see first_divergences in results.json",
+            file=sys.stderr,
+        )
     return 0
