@@ -25,7 +25,13 @@ from onlinespec.decoding.verify_cost import MEASURED_TOKENS, cached_verify_cost,
 from onlinespec.models import DEFAULT_MODEL, cache_root
 from onlinespec.models.machine_cache import cpu_name
 from onlinespec.models.resolve import load_model
-from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, WEIGHT_LAYOUTS, set_weight_layout, use_weight_layout
+from onlinespec.models.weight_layout import (
+    WEIGHT_LAYOUT_MODES,
+    WEIGHT_LAYOUTS,
+    measure_weight_layouts,
+    set_weight_layout,
+    use_weight_layout,
+)
 
 
 @torch.inference_mode()
@@ -34,19 +40,15 @@ def compare_layouts(
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Milliseconds of forwards over 1..MEASURED_TOKENS tokens per layout, and of a prefill of `prefill` random
     tokens, layouts alternating, fastest of `rounds` kept; the model is left in `keep`."""
-    best: dict[str, list[float]] = {}
+    best = measure_weight_layouts(target, sizes=MEASURED_TOKENS, rounds=rounds)
     prefill_ms: dict[str, float] = {}
     ids = torch.randint(0, int(target.config.vocab_size), (1, prefill), generator=torch.Generator().manual_seed(0))
-    for _ in range(rounds):
+    for _ in range(rounds if prefill else 0):
         for name in WEIGHT_LAYOUTS:
             set_weight_layout(target, name)
-            cost = measure_verify_cost(target)
-            ms = [c * cost.one_token_ms for c in cost.relative]
-            best[name] = [min(a, b) for a, b in zip(best.get(name, ms), ms, strict=True)]
-            if prefill:
-                tic = time.perf_counter()
-                target(input_ids=ids, logits_to_keep=1)
-                prefill_ms[name] = min(prefill_ms.get(name, float("inf")), (time.perf_counter() - tic) * 1e3)
+            tic = time.perf_counter()
+            target(input_ids=ids, logits_to_keep=1)
+            prefill_ms[name] = min(prefill_ms.get(name, float("inf")), (time.perf_counter() - tic) * 1e3)
     set_weight_layout(target, keep)
     return best, prefill_ms
 

@@ -63,20 +63,22 @@ def set_weight_layout(model: nn.Module, layout: str, copy: bool = False) -> None
             module.weight = replaced[id(module.weight)]
 
 
-def measure_weight_layouts(model: nn.Module, progress: bool = False) -> dict[str, list[float]]:
-    """Milliseconds of forwards over 1..MEASURED_TOKENS new tokens in each layout (fastest of ROUNDS, layouts
-    alternating); leaves `model` in the layout it had. `progress`: a progress bar on stderr."""
+def measure_weight_layouts(
+    model: nn.Module, progress: bool = False, sizes: int = MEASURED_TOKENS, rounds: int = ROUNDS
+) -> dict[str, list[float]]:
+    """Milliseconds of forwards over 1..sizes new tokens in each layout (fastest of `rounds`, layouts alternating);
+    leaves `model` in the layout it had. `progress`: a progress bar on stderr."""
     from tqdm import tqdm
 
     from onlinespec.decoding.verify_cost import measure_verify_cost
 
     start = weight_layout(model)
     best: dict[str, list[float]] = {}
-    runs = [layout for _ in range(ROUNDS) for layout in WEIGHT_LAYOUTS]
+    runs = [layout for _ in range(rounds) for layout in WEIGHT_LAYOUTS]
     desc = "measuring which weight layout runs faster here (once; cached)"
     for layout in tqdm(runs, desc=desc, unit="layout", file=sys.stderr, disable=not progress, leave=False):
         set_weight_layout(model, layout)
-        cost = measure_verify_cost(model, sizes=MEASURED_TOKENS)
+        cost = measure_verify_cost(model, sizes=sizes)
         ms = [c * cost.one_token_ms for c in cost.relative]
         best[layout] = [min(a, b) for a, b in zip(best.get(layout, ms), ms, strict=True)]
     set_weight_layout(model, start)
