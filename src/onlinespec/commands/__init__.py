@@ -5,8 +5,8 @@ imports them. To add a command: write its module and list it in COMMANDS (the or
 
 from __future__ import annotations
 
-from onlinespec.commands import bench, export, generate, serve, warmup
+from onlinespec.commands import bench, export, generate, reason, reason_bench, serve, warmup
 
-COMMANDS = (generate, warmup, bench, export, serve)
+COMMANDS = (generate, warmup, bench, export, serve, reason, reason_bench)
 
 __all__ = ["COMMANDS"]

@@ -258,3 +258,52 @@ def online_config_from_args(args: argparse.Namespace):
 def wants_learning(args: argparse.Namespace) -> bool:
     """True when the flags ask for a learning session: a learner other than static, or a draft state to keep."""
     return args.learner != "static" or args.draft_state is not None
+
+
+def add_reasoning_flags(parser: argparse.ArgumentParser) -> None:
+    """Lookahead-reasoning flags shared by `reason` and `reason-bench` (reasoning/): the two models, the judge,
+    the lookahead and the draft's online preference learning."""
+    from onlinespec.models import DTYPES
+    from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES
+    from onlinespec.reasoning.judges import JUDGES
+
+    parser.add_argument(
+        "--target",
+        default="qwen2.5-coder-1.5b",
+        help="the model whose answers count (default: %(default)s; its install line is in the README)",
+    )
+    parser.add_argument(
+        "--draft-model",
+        default="smollm2-135m",
+        help="the model that drafts whole steps; any tokenizer (default: %(default)s)",
+    )
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: %(default)s)")
+    parser.add_argument(
+        "--weight-layout",
+        choices=WEIGHT_LAYOUT_MODES,
+        default="auto",
+        help="the target's linear weights' layout, as for generate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--judge",
+        choices=JUDGES,
+        default=None,
+        help="overlap: same numbers and shared words "
+        "(cheap); exact: equal after normalising; target: the target answers yes/no (default: overlap)",
+    )
+    parser.add_argument(
+        "--min-overlap", type=float, default=None, help="the overlap judge's word Jaccard threshold (default: 0.5)"
+    )
+    parser.add_argument("--depth", type=int, default=None, help="steps drafted per round (default: 4)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer length cap in target tokens (default: 256)"
+    )
+    parser.add_argument("--max-step-tokens", type=int, default=None, help="a step's length cap (default: 100)")
+    parser.add_argument("--lr", type=float, default=None, help="the draft's Adam learning rate (default: 1e-5)")
+    parser.add_argument("--beta", type=float, default=None, help="DPO temperature (default: 0.1)")
+    parser.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        help="0: learn all the draft's weights; r > 0: LoRA adapters of rank r (default: 0)",
+    )

@@ -51,3 +51,18 @@ def save_tiny_model_dir(path: str | Path, words: list[str], seed: int = 0, eos: 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **kwargs)
     tiny_llama(seed=seed, vocab=len(vocab)).save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def char_tokenizer():
+    """A real character-level tokenizer: ids 0..94 are the printable ASCII characters, 95 is "\\n", 96 <unk>,
+    97 <eos>. It encodes and decodes such text exactly (one token per character, never a partial character), so
+    text-level logic (steps, judges) runs on tiny models: `tiny_llama(vocab=98)`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {ch: i for i, ch in enumerate([*chars, "<unk>", "<eos>"])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")

@@ -1,0 +1,168 @@
+"""Judges: does a drafted step say the same thing as the target's step at the same position?
+
+One small interface (`Judge.verdicts`), three judges:
+- `exact`: equal after normalisation (case, spacing, punctuation other than operators, thousands separators).
+- `overlap` (the cheap semantic check, the CPU default): the same numbers in the same order, and at least
+  `min_overlap` of the content words and operators shared (Jaccard over their sets). Arithmetic steps agree
+  when their numbers do; the word test keeps "2 + 3 = 5" from matching "2 - 3 = 5" by numbers alone.
+- `target`: the paper's way: the target is asked whether the two steps are aligned and the verdict is the
+  next-token read of " yes" against " no" (one batched forward over the pairs; its time counts in every speed
+  figure, as the judges' time does, because the caller clocks `verdicts`).
+
+None of them makes lookahead reasoning token-lossless: an accepted draft step is kept in place of the target's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+import torch
+
+from onlinespec.errors import UserError
+from onlinespec.prompting import encode_prompt
+
+_WORD = re.compile(r"[a-z]+|[-+*/=<>^%\u00d7\u00f7]")  # words and the operators a step's arithmetic turns on
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "to",
+        "and",
+        "is",
+        "are",
+        "be",
+        "so",
+        "we",
+        "it",
+        "this",
+        "that",
+        "in",
+        "on",
+        "for",
+        "by",
+        "with",
+        "as",
+        "at",
+        "then",
+    ]
+)
+
+
+class Judge(Protocol):
+    name: str
+
+    def verdicts(self, context: str, pairs: list[tuple[str, str]]) -> list[bool]:
+        """For each (draft step, target step) written after `context` (the problem and the steps before):
+        True when the draft step may be kept in place of the target's."""
+        ...
+
+
+_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?|[-+*/=<>^%()\u00d7\u00f7]")
+
+
+def normalise(step: str) -> str:
+    """Lower case, thousands separators dropped, then words, numbers and operators separated by one space (other
+    punctuation and spacing dropped): "So, 2+3 = 5." and "so 2 + 3 = 5" are equal, "2 - 3" and "2 + 3" are not."""
+    return " ".join(_TOKEN.findall(re.sub(r"(?<=\d),(?=\d{3})", "", step.lower())))
+
+
+def numbers(step: str) -> list[float]:
+    """The numbers in a step, in order ("1,440" -> 1440.0; "3.50" -> 3.5)."""
+    return [float(m.replace(",", "")) for m in _NUMBER.findall(step)]
+
+
+def content_words(step: str) -> set[str]:
+    return set(_WORD.findall(step.lower())) - _STOPWORDS
+
+
+class ExactJudge:
+    name = "exact"
+
+    def verdicts(self, context: str, pairs: list[tuple[str, str]]) -> list[bool]:
+        return [normalise(d) == normalise(t) for d, t in pairs]
+
+
+class OverlapJudge:
+    """Same numbers in the same order and Jaccard(content words) >= min_overlap (two steps without words: equal
+    by numbers alone)."""
+
+    name = "overlap"
+
+    def __init__(self, min_overlap: float = 0.5) -> None:
+        if not 0.0 <= min_overlap <= 1.0:
+            raise UserError(f"--judge-overlap must be in [0, 1], got {min_overlap}")
+        self.min_overlap = min_overlap
+
+    def agree(self, draft: str, target: str) -> bool:
+        if numbers(draft) != numbers(target):
+            return False
+        a, b = content_words(draft), content_words(target)
+        if not a and not b:
+            return True
+        return len(a & b) / len(a | b) >= self.min_overlap
+
+    def verdicts(self, context: str, pairs: list[tuple[str, str]]) -> list[bool]:
+        return [self.agree(d, t) for d, t in pairs]
+
+
+ALIGNMENT_QUESTION = (
+    "Two candidate next steps of a solution are given.\n\nProblem and steps so far:\n{context}\n\n"
+    "Step A:\n{draft}\n\nStep B:\n{target}\n\n"
+    "Do Step A and Step B say the same thing (same reasoning and the same numbers)? Answer yes or no."
+)
+
+
+class TargetJudge:
+    """The target model answers ALIGNMENT_QUESTION for each pair; yes when logit(yes) > logit(no) at the first
+    answer token (candidates "yes"/"Yes"/" yes" and the same for no: the larger logit of each side)."""
+
+    name = "target"
+
+    def __init__(self, model, tokenizer, max_context_chars: int = 1500) -> None:
+        self.model, self.tokenizer, self.max_context_chars = model, tokenizer, max_context_chars
+        self.yes = self._first_ids(("yes", "Yes", " yes", " Yes"))
+        self.no = self._first_ids(("no", "No", " no", " No"))
+
+    def _first_ids(self, words: tuple[str, ...]) -> list[int]:
+        ids = {self.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words}
+        return sorted(ids)
+
+    @torch.inference_mode()
+    def verdicts(self, context: str, pairs: list[tuple[str, str]]) -> list[bool]:
+        if not pairs:
+            return []
+        context = context[-self.max_context_chars :]
+        rows = [
+            encode_prompt(self.tokenizer, ALIGNMENT_QUESTION.format(context=context, draft=d, target=t)).tolist()
+            for d, t in pairs
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: the last position is every row's answer position
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]  # [P, V]
+        yes = logits[:, self.yes].max(-1).values
+        no = logits[:, self.no].max(-1).values
+        return [bool(v) for v in (yes > no)]
+
+
+JUDGES = ("overlap", "exact", "target")
+
+
+def make_judge(name: str, target_model=None, target_tokenizer=None, min_overlap: float = 0.5) -> Judge:
+    if name == "exact":
+        return ExactJudge()
+    if name == "overlap":
+        return OverlapJudge(min_overlap)
+    if name == "target":
+        if target_model is None:
+            raise ValueError("the target judge needs the target model and tokenizer")
+        return TargetJudge(target_model, target_tokenizer)
+    raise UserError(f"unknown judge '{name}': choose one of {', '.join(JUDGES)}")

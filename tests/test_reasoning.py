@@ -1,0 +1,205 @@
+"""Lookahead reasoning (reasoning/): steps, the batched step writer, the accept rule, pairs and judges, on tiny
+models with a real character-level tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from onlinespec.models.tiny import char_tokenizer, tiny_llama
+from onlinespec.reasoning.judges import ExactJudge, OverlapJudge, TargetJudge, normalise, numbers
+from onlinespec.reasoning.lookahead import accepted_steps, judged, kept_steps, lookahead_round
+from onlinespec.reasoning.problems import answer_value
+from onlinespec.reasoning.solve import solve_alone, solve_lookahead
+from onlinespec.reasoning.step_writer import StepWriter
+from onlinespec.reasoning.steps import split_steps, step_end
+
+PROBLEM = "Add 2 and 3."
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_llama(seed=0, vocab=98, layers=2)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return tiny_llama(seed=1, vocab=98, layers=1)
+
+
+# --- steps ----------------------------------------------------------------------------------------------------------
+
+
+def test_split_steps_examples():
+    assert split_steps("a\n\nb\n\n\nc") == ["a\n\n", "b\n\n\n", "c"]
+    assert split_steps("one step") == ["one step"]
+    assert split_steps("") == []
+    assert step_end("x = 1\n\ny") == 7
+    assert step_end("x = 1\ny") is None
+    assert step_end("\n\nx\n\n") == 5 and step_end("\n\n") is None and split_steps("\n\na\n\nb") == ["\n\na\n\n", "b"]
+
+
+@given(st.text(alphabet="ab \n", max_size=40))
+def test_split_steps_round_trip_and_every_step_but_the_last_ends(text):
+    steps = split_steps(text)
+    assert "".join(steps) == text
+    assert all(s for s in steps)
+    for s in steps[:-1]:  # a finished step: its first blank line, then only newlines
+        assert step_end(s) is not None and set(s[step_end(s) :]) <= {"\n"}
+    assert all(not s.startswith("\n") for s in steps[1:])  # newlines after a blank line stay with its step
+    assert all(s.strip() for s in steps[:-1])  # no step of only whitespace
+    assert step_end(steps[-1]) is None or set(steps[-1][step_end(steps[-1]) :]) <= {"\n"} if steps else True
+
+
+# --- the step writer ------------------------------------------------------------------------------------------------
+
+
+def test_batched_rows_write_what_each_row_writes_alone(target, tok):
+    contexts = [[], ["First, 2\n\n"], ["First, 2\n\n", "then 3 and more\n\n"]]
+    batched = StepWriter(target, tok, PROBLEM, chat=False).write(contexts, 20)
+    alone = [StepWriter(target, tok, PROBLEM, chat=False).write([c], 20)[0] for c in contexts]
+    assert batched == alone
+    assert all(s.tokens == 20 and not s.finished for s in batched)
+
+
+def test_the_cache_kept_across_calls_gives_what_a_fresh_writer_gives(target, tok):
+    writer = StepWriter(target, tok, PROBLEM, chat=False)
+    first = writer.write([["So\n\n"]], 15)[0]
+    second = writer.write([["So\n\n", first.text]], 15)[0]  # reuses the cache, which holds the first step
+    back = writer.write([["Then\n\n"]], 15)[0]  # a context that leaves the cached one: cropped, then fed
+    assert second == StepWriter(target, tok, PROBLEM, chat=False).write([["So\n\n", first.text]], 15)[0]
+    assert back == StepWriter(target, tok, PROBLEM, chat=False).write([["Then\n\n"]], 15)[0]
+
+
+def test_a_step_ends_just_after_the_blank_line_or_at_the_end_of_sequence(target, tok):
+    writer = StepWriter(target, tok, PROBLEM, chat=False)
+    generated: list[int] = []
+    results = [writer._advance(generated, t, 100, True) for t in tok("ab\n\ncd", add_special_tokens=False)["input_ids"]]
+    assert results[:3] == [None, None, None]
+    assert results[3].text == "ab\n\n" and results[3].tokens == 4 and not results[3].finished
+    ended = writer._advance([*tok("x=1", add_special_tokens=False)["input_ids"]], tok.eos_token_id, 100, True)
+    assert ended.text == "x=1" and ended.finished
+    whole: list[int] = []
+    assert [writer._advance(whole, t, 100, False) for t in tok("a\n\nb", add_special_tokens=False)["input_ids"]] == [
+        None
+    ] * 4  # not cut: the whole answer
+
+
+# --- the accept rule and the round ----------------------------------------------------------------------------------
+
+
+def test_accept_rule():
+    assert accepted_steps([True, True, False, True]) == 2
+    assert accepted_steps([False, True]) == 0
+    assert accepted_steps([True, True]) == 2
+    assert kept_steps(["d1", "d2", "d3"], ["t1", "t2", "t3"], 1) == ["d1", "t2"]
+    assert kept_steps(["d1", "d2"], ["t1", "t2"], 2) == ["d1", "d2"]
+    assert kept_steps(["d1"], ["t1"], 0) == ["t1"]
+    assert judged(True, "", "x = 2") is False and judged(True, "  ", "\n") is True and judged(False, "a", "a") is False
+
+
+class ScriptedJudge:
+    """Accepts the drafted steps whose positions are listed (a judge with known verdicts)."""
+
+    name = "scripted"
+
+    def __init__(self, accept: set[int]) -> None:
+        self.accept = accept
+
+    def verdicts(self, context, pairs):
+        return [i in self.accept for i in range(len(pairs))]
+
+
+def test_a_round_keeps_the_accepted_drafts_then_the_targets_step_and_pairs_the_first_rejection(target, draft, tok):
+    steps = ["Start with 2 "]
+    result = lookahead_round(
+        steps,
+        StepWriter(draft, tok, PROBLEM, chat=False),
+        StepWriter(target, tok, PROBLEM, chat=False),
+        ScriptedJudge({0}),
+        3,
+        8,
+    )
+    drafted = [d.text for d in result.drafted]
+    assert len(drafted) == 3 and result.verdicts == [True, False, False] and result.accepted == 1
+    # the target's step i follows the steps + the first i drafted steps
+    for i, theirs in enumerate(result.target):
+        assert theirs == StepWriter(target, tok, PROBLEM, chat=False).write([steps + drafted[:i]], 8)[0]
+    assert result.kept == [drafted[0], result.target[1].text]
+    assert result.pair.context == ("Start with 2 ", drafted[0])
+    assert (result.pair.chosen, result.pair.rejected) == (result.target[1].text, drafted[1])
+
+
+def test_lookahead_with_the_target_as_its_own_draft_writes_the_targets_answer(target, tok):
+    alone = solve_alone(target, tok, PROBLEM, 60, chat=False)
+    looked = solve_lookahead(
+        PROBLEM, (target, tok), (target, tok), ExactJudge(), depth=3, max_new_tokens=60, max_step_tokens=10, chat=False
+    )
+    assert looked.accepted == looked.drafted > 0 and not looked.pairs
+    assert looked.text[: len(alone.text)] == alone.text and looked.tokens >= alone.tokens
+    assert looked.step_acceptance == looked.accepted / looked.rounds
+
+
+def test_lookahead_with_another_draft_and_an_exact_judge_still_writes_the_targets_answer(target, draft, tok):
+    """An exact judge accepts only the target's own steps, so the answer is the target's (whatever the draft)."""
+    alone = solve_alone(target, tok, PROBLEM, 40, chat=False)
+    looked = solve_lookahead(
+        PROBLEM, (draft, tok), (target, tok), ExactJudge(), depth=2, max_new_tokens=40, max_step_tokens=8, chat=False
+    )
+    assert looked.text[: len(alone.text)] == alone.text
+    assert looked.rounds >= 5 and looked.accepted == 0  # a random draft never writes the target's 8 characters
+    assert len(looked.pairs) == looked.rounds  # so every round pairs the target's step with the draft's
+
+
+# --- judges ---------------------------------------------------------------------------------------------------------
+
+
+def test_exact_and_overlap_judges():
+    assert normalise("So, 1,440 degrees.") == normalise("so 1440 degrees")
+    assert numbers("1,440 and 3.50 and -2") == [1440.0, 3.5, -2.0]
+    exact, overlap = ExactJudge(), OverlapJudge(0.5)
+    pairs = [
+        ("The sum is 1,440.", "the sum is 1440"),
+        ("x = 5", "x = 6"),
+        ("Each friend gets 4 apples.", "So each friend receives 4 apples."),
+        ("Each friend gets 4 apples.", "We multiply 4 by the price."),
+        ("2 + 3 = 5", "2+3=5"),
+        ("2 + 3 = 5", "2 - 3 = 5"),
+    ]
+    assert exact.verdicts("", pairs) == [True, False, False, False, True, False]
+    assert overlap.verdicts("", pairs) == [True, False, True, False, True, False]
+
+
+def test_the_target_judge_reads_yes_against_no_for_each_pair_as_one_forward_would(target, tok):
+    judge = TargetJudge(target, tok)
+    pairs = [("x = 1\n\n", "x = 1\n\n"), ("we add", "we subtract 3"), ("a", "b c d e f")]
+    verdicts = judge.verdicts("Problem", pairs)
+    from onlinespec.prompting import encode_prompt
+    from onlinespec.reasoning.judges import ALIGNMENT_QUESTION
+
+    for (d, t), verdict in zip(pairs, verdicts, strict=True):
+        ids = encode_prompt(tok, ALIGNMENT_QUESTION.format(context="Problem", draft=d, target=t))
+        logits = target(input_ids=ids[None]).logits[0, -1]
+        assert verdict == bool(logits[judge.yes].max() > logits[judge.no].max())
+
+
+def test_answer_value():
+    assert answer_value("so 3 + 4 = 7\n\nAnswer: 1,440 degrees") == "1440"
+    assert answer_value("the total is 16.50 and then 2") == "2"
+    assert answer_value("Answer: 7.2000") == "7.2"
+    assert answer_value("Answer: 3/4") == "3/4"
+    assert answer_value("no number") is None
+    assert answer_value("[282.6]") == "282.6"
+
+
+def test_a_batched_write_needs_a_nonempty_problem(target, tok):
+    with pytest.raises(ValueError):
+        StepWriter(target, tok, "", chat=False)
+    assert torch.is_grad_enabled()
