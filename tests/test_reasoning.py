@@ -61,21 +61,37 @@ def test_split_steps_round_trip_and_every_step_but_the_last_ends(text):
 # --- the step writer ------------------------------------------------------------------------------------------------
 
 
-def test_batched_rows_write_what_each_row_writes_alone(target, tok):
-    contexts = [[], ["First, 2\n\n"], ["First, 2\n\n", "then 3 and more\n\n"]]
-    batched = StepWriter(target, tok, PROBLEM, chat=False).write(contexts, 20)
-    alone = [StepWriter(target, tok, PROBLEM, chat=False).write([c], 20)[0] for c in contexts]
+def test_the_rows_after_each_drafted_prefix_write_what_each_writes_alone(target, tok):
+    steps, drafted = ["Go: "], ["First, 2\n\n", "then 3 and more\n\n", "so 5"]
+    writer = StepWriter(target, tok, PROBLEM, chat=False)
+    writer.write(["Go: ", "x"], 5)  # a cache holding another context first: cropped to the common prefix
+    batched = writer.write_after_each(steps, drafted, 20)
+    alone = [StepWriter(target, tok, PROBLEM, chat=False).write(steps + drafted[:i], 20) for i in range(3)]
     assert batched == alone
     assert all(s.tokens == 20 and not s.finished for s in batched)
 
 
+def test_a_rejected_row_ends_the_rows_after_it_and_only_those(target, tok):
+    drafted = ["a\n\n", "b\n\n", "c\n\n", "d\n\n"]
+    seen = []
+
+    def keep_going(i, step):
+        seen.append(i)
+        return i != 1
+
+    rows = StepWriter(target, tok, PROBLEM, chat=False).write_after_each([], drafted, 12, keep_going)
+    assert rows[2] is None and rows[3] is None and rows[0] is not None and rows[1] is not None
+    assert sorted(seen) == [0, 1]
+    assert rows[0] == StepWriter(target, tok, PROBLEM, chat=False).write([], 12)
+
+
 def test_the_cache_kept_across_calls_gives_what_a_fresh_writer_gives(target, tok):
     writer = StepWriter(target, tok, PROBLEM, chat=False)
-    first = writer.write([["So\n\n"]], 15)[0]
-    second = writer.write([["So\n\n", first.text]], 15)[0]  # reuses the cache, which holds the first step
-    back = writer.write([["Then\n\n"]], 15)[0]  # a context that leaves the cached one: cropped, then fed
-    assert second == StepWriter(target, tok, PROBLEM, chat=False).write([["So\n\n", first.text]], 15)[0]
-    assert back == StepWriter(target, tok, PROBLEM, chat=False).write([["Then\n\n"]], 15)[0]
+    first = writer.write(["So\n\n"], 15)
+    second = writer.write(["So\n\n", first.text], 15)  # reuses the cache, which holds the first step
+    back = writer.write(["Then\n\n"], 15)  # a context that leaves the cached one: cropped, then fed
+    assert second == StepWriter(target, tok, PROBLEM, chat=False).write(["So\n\n", first.text], 15)
+    assert back == StepWriter(target, tok, PROBLEM, chat=False).write(["Then\n\n"], 15)
 
 
 def test_a_step_ends_just_after_the_blank_line_or_at_the_end_of_sequence(target, tok):
@@ -106,34 +122,36 @@ def test_accept_rule():
 
 
 class ScriptedJudge:
-    """Accepts the drafted steps whose positions are listed (a judge with known verdicts)."""
+    """Accepts exactly the drafted step texts it is given (a judge with known verdicts); records what it judged."""
 
     name = "scripted"
 
-    def __init__(self, accept: set[int]) -> None:
-        self.accept = accept
+    def __init__(self, accept: set[str]) -> None:
+        self.accept, self.judged = accept, []
 
     def verdicts(self, context, pairs):
-        return [i in self.accept for i in range(len(pairs))]
+        self.judged += [d for d, _ in pairs]
+        return [d in self.accept for d, _ in pairs]
 
 
 def test_a_round_keeps_the_accepted_drafts_then_the_targets_step_and_pairs_the_first_rejection(target, draft, tok):
-    steps = ["Start with 2 "]
+    steps = ["Go "]
+    ahead = StepWriter(draft, tok, PROBLEM, chat=False)  # what the draft will write, to script the verdicts
+    drafted = []
+    for _ in range(3):
+        drafted.append(ahead.write(steps + drafted, 8).text)
+    judge = ScriptedJudge({drafted[0], drafted[2]})
     result = lookahead_round(
-        steps,
-        StepWriter(draft, tok, PROBLEM, chat=False),
-        StepWriter(target, tok, PROBLEM, chat=False),
-        ScriptedJudge({0}),
-        3,
-        8,
+        steps, StepWriter(draft, tok, PROBLEM, chat=False), StepWriter(target, tok, PROBLEM, chat=False), judge, 3, 8
     )
-    drafted = [d.text for d in result.drafted]
-    assert len(drafted) == 3 and result.verdicts == [True, False, False] and result.accepted == 1
+    assert [d.text for d in result.drafted] == drafted and len(set(drafted)) == 3
+    assert result.verdicts == [True, False] and result.accepted == 1
+    assert result.target[2] is None and drafted[2] not in judge.judged  # after the rejection: ended, never judged
     # the target's step i follows the steps + the first i drafted steps
-    for i, theirs in enumerate(result.target):
-        assert theirs == StepWriter(target, tok, PROBLEM, chat=False).write([steps + drafted[:i]], 8)[0]
+    for i, theirs in enumerate(result.target[:2]):
+        assert theirs == StepWriter(target, tok, PROBLEM, chat=False).write(steps + drafted[:i], 8)
     assert result.kept == [drafted[0], result.target[1].text]
-    assert result.pair.context == ("Start with 2 ", drafted[0])
+    assert result.pair.context == ("Go ", drafted[0])
     assert (result.pair.chosen, result.pair.rejected) == (result.target[1].text, drafted[1])
 
 
@@ -203,3 +221,16 @@ def test_a_batched_write_needs_a_nonempty_problem(target, tok):
     with pytest.raises(ValueError):
         StepWriter(target, tok, "", chat=False)
     assert torch.is_grad_enabled()
+
+
+def test_reason_commands_refuse_bad_input_with_one_line(capsys, tmp_path):
+    from onlinespec.cli import main
+
+    assert main(["reason", "   "]) == 2
+    assert "the problem is empty" in capsys.readouterr().err
+    assert main(["reason", "2+2?", "--draft-state", str(tmp_path / "state"), "--learn", "none"]) == 2
+    assert "--draft-state keeps a learned draft" in capsys.readouterr().err
+    assert main(["reason-bench", "--methods", "target,magic"]) == 2
+    assert "unknown method(s) ['magic']" in capsys.readouterr().err
+    assert main(["reason-bench", "--depth", "0"]) == 2
+    assert "--depth must be >= 1" in capsys.readouterr().err

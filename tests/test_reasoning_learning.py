@@ -260,3 +260,21 @@ def test_bench_refuses_to_resume_with_other_settings(tok, tmp_path):
     run_reason_bench(replace(SETTINGS, problems=1, methods=("target",)), tmp_path, *models(tok), progress=False)
     with pytest.raises(UserError, match="other settings"):
         run_reason_bench(replace(SETTINGS, problems=2, methods=("target",)), tmp_path, *models(tok), progress=False)
+
+
+def test_with_several_steps_per_round_the_reference_stays_the_draft_at_the_rounds_start(tok):
+    learner = StepPreferenceLearner(fresh_draft(), tok, StepLearnerConfig("dpo", lr=1e-3, steps_per_update=2))
+    enc = learner.encode(context_ids(tok), PAIR)
+    with torch.no_grad():
+        ref_w, ref_l = (step_logprob(learner.model, enc.context, s) for s in (enc.chosen, enc.rejected))
+    learner.add(context_ids(tok), PAIR)
+    one = StepPreferenceLearner(fresh_draft(), tok, StepLearnerConfig("dpo", lr=1e-3))
+    one.add(context_ids(tok), PAIR)
+    one.update()  # the same first step
+    with torch.no_grad():
+        pi_w, pi_l = (step_logprob(one.model, enc.context, s) for s in (enc.chosen, enc.rejected))
+    stats = learner.update()
+    assert stats["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    # the second step's loss: the policy after step one against the round-start reference (not against itself)
+    expected = float(dpo_loss(pi_w[None], pi_l[None], ref_w[None], ref_l[None], 0.1))
+    assert stats["loss_last"] == pytest.approx(expected, rel=1e-4) and expected < math.log(2)

@@ -307,3 +307,6 @@ def add_reasoning_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="0: learn all the draft's weights; r > 0: LoRA adapters of rank r (default: 0)",
     )
+    parser.add_argument(
+        "--steps-per-update", type=int, default=None, help="Adam steps on each round's pairs (default: 1)"
+    )

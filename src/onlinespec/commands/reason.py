@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     from onlinespec.reasoning.judges import make_judge
     from onlinespec.reasoning.problems import Problem, answer_value
     from onlinespec.reasoning.solve import solve_lookahead
-    from onlinespec.reasoning.step_learner import StepLearnerConfig, StepPreferenceLearner
+    from onlinespec.reasoning.step_learner import StepPreferenceLearner
     from onlinespec.reasoning.stream_bench import ReasonBenchSettings
 
     if not args.problem.strip():
@@ -60,9 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     draft = load_model(s.draft, s.dtype)
     draft_model, learner = draft.model, None
     if learn != "none":
-        learner = StepPreferenceLearner(
-            draft.model, draft.tokenizer, StepLearnerConfig(learn, s.lr, s.beta, 1.0, s.lora_rank)
-        )
+        learner = StepPreferenceLearner(draft.model, draft.tokenizer, s.learner_config(learn))
         draft_model = learner.model
         state = load_state(args.draft_state) if args.draft_state else None
         if state is not None:

@@ -1,8 +1,8 @@
 """A stream of math word problems for lookahead reasoning, from the `evals` package's data (installed from PyPI),
 and the final-answer rule used to score accuracy.
 
-Each source's own system prompt asks for a bare answer (no reasoning), so only the user turn is kept and one
-instruction asks for short steps separated by blank lines and a last line "Answer: <number>". Order: the word
+Each source's own system prompt asks for a bare answer (no reasoning), so only the user turn is kept, followed by an
+instruction that asks for short steps separated by blank lines and a last line "Answer: <number>". Order: the word
 problems first (5th-grade math, multistep, algebra, probabilities), then spoken-number equations, as a user's
 stream would drift from one kind of problem to the next.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from onlinespec.bench.prompts import _package_file, _read_jsonl
 
 INSTRUCTION = (
-    "Solve the problem step by step. Write each step as one short paragraph and put a blank line between steps. "
-    "End with a last line of the form 'Answer: <number>'."
+    "Think step by step: write each step of the calculation as one short paragraph, with a blank line between "
+    "steps. End with a last line of the form 'Answer: <number>'."
 )
 SOURCES = (
     ("grade5", "math_for_5th-grader/samples.jsonl"),
@@ -35,7 +35,7 @@ class Problem:
     gold: str | None  # the dataset's ideal answer, normalised by `answer_value` (None when it has no number)
 
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": self.question}]
+        return [{"role": "user", "content": f"{self.question}\n\n{INSTRUCTION}"}]
 
 
 def answer_value(text: str) -> str | None:

@@ -41,7 +41,7 @@ def solve_alone(model, tokenizer, problem: str | Messages, max_new_tokens: int, 
     """Greedy decoding of the whole answer with one model (one prefill, then one token per forward)."""
     t0 = time.perf_counter()
     writer = StepWriter(model, tokenizer, problem, chat)
-    written = writer.write([[]], max_new_tokens, cut_steps=False)[0]
+    written = writer.write([], max_new_tokens, cut_steps=False)
     seconds = time.perf_counter() - t0
     return Solution(written.text, [written.text], written.tokens, written.finished, {"total": seconds})
 

@@ -1,9 +1,11 @@
-"""Online preference learning of a step draft: pairs buffered per round, one Adam step per round, state kept.
+"""Online preference learning of a step draft: pairs buffered per round, Adam steps per round, state kept.
 
 Methods: "dpo" (the paper's Online-LR) and "sft" (online SFT on the chosen steps, the baseline). The reference
-model is the current draft: it moves every round. With one optimiser step per round the reference log-probs are the
-policy's own before the step, so they are the policy's values detached (one forward per sequence, not two); at
-that point the DPO gradient is -beta/2 (grad log pi(y_w|x) - grad log pi(y_l|x)) per pair.
+model is the current draft: it moves every round (the draft at the round's start). With one optimiser step per
+round (the default) the reference log-probs are the policy's own before the step, so they are the policy's values
+detached (one forward per sequence, not two); at that point the DPO gradient is
+-beta/2 (grad log pi(y_w|x) - grad log pi(y_l|x)) per pair. With `steps_per_update` > 1 the reference is computed
+once, without gradients, before the round's steps.
 
 Weights: the full model, or LoRA adapters (`lora_rank` > 0, through `peft`) on the attention projections. The
 optimiser state is kept across rounds and saved with the weights (online/state_store.py), so a killed run resumes.
@@ -34,12 +36,15 @@ class StepLearnerConfig:
     clip: float = 1.0  # gradient-norm clip (the paper's 1.0)
     lora_rank: int = 0  # 0: all weights; r > 0: LoRA adapters of rank r on LORA_TARGETS
     max_step_tokens: int = 128  # a chosen or rejected step is cut to this many draft tokens
+    steps_per_update: int = 1  # optimiser steps per round on the round's pairs (the reference: the round's start)
 
     def check(self) -> None:
         if self.method not in LEARN_METHODS:
             raise UserError(f"unknown learning method '{self.method}': choose one of {', '.join(LEARN_METHODS)}")
         if not self.lr > 0 or not self.beta > 0 or not self.clip > 0:
             raise UserError(f"--lr, --beta and --clip must be > 0 (got {self.lr}, {self.beta}, {self.clip})")
+        if self.steps_per_update < 1:
+            raise UserError(f"--steps-per-update must be >= 1, got {self.steps_per_update}")
         if self.lora_rank < 0:
             raise UserError(f"--lora-rank must be >= 0 (0 = all weights), got {self.lora_rank}")
 
@@ -94,26 +99,53 @@ class StepPreferenceLearner:
             return {"pairs": 0, "loss": None, "grad_norm": None, "seconds": 0.0}
         t0 = time.perf_counter()
         self.model.train(False)
+        reference = self._reference(pairs) if self.config.steps_per_update > 1 else None
+        losses, norms = [], []
+        for _ in range(self.config.steps_per_update):
+            loss, norm = self._step(pairs, reference)
+            losses.append(loss)
+            norms.append(norm)
+        self.updates += 1
+        return {
+            "pairs": len(pairs),
+            "loss": losses[0],
+            "loss_last": losses[-1],
+            "grad_norm": norms[0],
+            "seconds": time.perf_counter() - t0,
+        }
+
+    @torch.no_grad()
+    def _reference(self, pairs: list[EncodedPair]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(log ref(y_w|x), log ref(y_l|x)) per pair: the draft as it is before this round's steps."""
+        return [
+            (
+                step_logprob(self.model, p.context, p.chosen),
+                step_logprob(self.model, p.context, p.rejected) if p.rejected else torch.tensor(0.0),
+            )
+            for p in pairs
+        ]
+
+    def _step(self, pairs: list[EncodedPair], reference) -> tuple[float, float]:
+        """One clipped Adam step on all pairs; (loss, gradient norm before clipping)."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         chosen_tokens = torch.tensor(float(sum(len(p.chosen) for p in pairs)))
-        for p in pairs:  # one backward per pair keeps one sequence's activations in memory at a time
+        for i, p in enumerate(pairs):  # one backward per pair keeps one sequence's activations in memory at a time
             chosen = step_logprob(self.model, p.context, p.chosen)
             if self.config.method == "sft":
                 loss = sft_loss(chosen[None], chosen_tokens)
             else:
                 rejected = step_logprob(self.model, p.context, p.rejected)
-                # reference = the current draft: its log-probs before this step are the policy's, detached
-                loss = dpo_loss(
-                    chosen[None], rejected[None], chosen.detach()[None], rejected.detach()[None], self.config.beta
-                ) / len(pairs)
+                # reference = the draft at the round's start; with one step per round that is the policy itself,
+                # whose log-probs detached are the reference's (one forward per sequence, not two)
+                ref_w, ref_l = reference[i] if reference is not None else (chosen.detach(), rejected.detach())
+                loss = dpo_loss(chosen[None], rejected[None], ref_w[None], ref_l[None], self.config.beta) / len(pairs)
             loss.backward()
             total += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
-        return {"pairs": len(pairs), "loss": total, "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+        return total, float(grad_norm)
 
     # --- state (online/state_store.py layout: draft tensors, learner tensors, info) ---
 

@@ -65,6 +65,7 @@ class ReasonBenchSettings:
     lr: float = 1e-5
     beta: float = 0.1
     lora_rank: int = 0
+    steps_per_update: int = 1  # Adam steps per learning round
     weight_layout: str = "auto"  # the target's (models/weight_layout.py); the draft keeps its own
 
     def check(self) -> None:
@@ -76,7 +77,12 @@ class ReasonBenchSettings:
         for name in ("problems", "depth", "max_new_tokens", "max_step_tokens", "round_problems"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        StepLearnerConfig("dpo", self.lr, self.beta, 1.0, self.lora_rank).check()
+        self.learner_config("dpo").check()
+
+    def learner_config(self, method: str) -> StepLearnerConfig:
+        return StepLearnerConfig(
+            method, self.lr, self.beta, 1.0, self.lora_rank, steps_per_update=self.steps_per_update
+        )
 
 
 def settings_from_json(data: dict) -> ReasonBenchSettings:
@@ -113,7 +119,7 @@ class ReasonBench:
         self.learners: dict[str, StepPreferenceLearner] = {}
         for method, kind in LEARNING.items():
             if method in settings.methods:
-                config = StepLearnerConfig(kind, settings.lr, settings.beta, 1.0, settings.lora_rank)
+                config = settings.learner_config(kind)
                 self.learners[method] = StepPreferenceLearner(copy.deepcopy(draft[0]), draft[1], config)
 
     def draft_of(self, method: str) -> tuple[object, object]:
