@@ -39,12 +39,26 @@ LEARNING = {"lr-sft": "sft", "lr-dpo": "dpo"}
 # name -> (settings that differ from the defaults, what it is); flags given explicitly override them
 REASON_PRESETS = {
     "quick": (
-        {"problems": 4, "max_new_tokens": 96, "round_problems": 1},
-        "4 problems, answers up to 96 tokens, learning after every problem",
+        {"problems": 2, "max_new_tokens": 64, "max_step_tokens": 40, "depth": 3, "round_problems": 1},
+        "2 problems, answers up to 64 tokens, steps up to 40, depth 3, learning after every problem",
+    ),
+    "learn": (
+        {
+            "problems": 12,
+            "max_new_tokens": 64,
+            "max_step_tokens": 40,
+            "depth": 3,
+            "round_problems": 1,
+            "methods": ("lr-frozen", "lr-sft", "lr-dpo"),
+            "lr": 5e-5,
+            "steps_per_update": 2,
+        },
+        "12 problems, the three lookahead methods only (the learning curve), lr 5e-5 with 2 Adam steps per "
+        "round; otherwise as quick",
     ),
     "full": (
         {"problems": 20, "max_new_tokens": 192, "round_problems": 2},
-        "20 problems, answers up to 192 tokens, learning every 2 problems",
+        "20 problems, answers up to 192 tokens, the paper's steps (100 tokens) and depth (4), learning every 2",
     ),
 }
 
