@@ -214,3 +214,20 @@ def test_a_depth_no_longer_verified_is_tried_again() -> None:
         rates.observe(verified=0, accepted=0)
         steps += 1
     assert 100 < steps < 200  # forgotten after ~ln(4 / 43) / ln(0.98) steps: verified again
+
+
+def test_a_seed_reproduces_a_sample_whatever_requests_came_before() -> None:
+    """The cut length decides which random draws each token gets, so a sampled request's cuts read only its own
+    acceptance memory; the shared memory (greedy requests' cuts) still learns from it."""
+    target = tiny_llama(seed=3)
+    engine = SpeculativeEngine(target, draft_of(sharp_copy(target, seed=8), 96))
+    engine.verify_cost = VerifyCost((1.0, 1.3, 1.6, 1.9, 2.2))
+    prompt = torch.randint(0, 96, (8,), generator=torch.Generator().manual_seed(3))
+    sampled = GenerationConfig(max_new_tokens=40, k=4, sampling=SamplingConfig(temperature=0.8), seed=5)
+    first, _ = run_spec(engine, prompt, sampled)
+    for seed in range(3):  # other requests change the shared memory in between
+        run_spec(engine, prompt, GenerationConfig(max_new_tokens=40, k=4, seed=seed))
+        run_spec(engine, prompt[:4], GenerationConfig(max_new_tokens=40, k=4, sampling=SamplingConfig(), seed=seed))
+    again, _ = run_spec(engine, prompt, sampled)
+    assert again == first
+    assert engine.acceptance.reached and engine.acceptance.reached[0] > AcceptanceRates.MIN_WEIGHT

@@ -38,6 +38,10 @@ class SpeculativeEngine:
         # When set, each chain proposal is cut to the length worth its verify cost (decoding/verify_cost.py).
         self.verify_cost: VerifyCost | None = None
         self.acceptance = AcceptanceRates()  # per-depth acceptance of earlier steps, which caps the draft's q there
+        # The rates the current request's cuts read: the shared memory when greedy (cuts cannot change a greedy
+        # output), the request's own when sampling, so that a seed reproduces a sample whatever came before
+        # (the cut length decides which random draws each token gets).
+        self.request_acceptance = self.acceptance
 
     def add_listener(self, listener: FeedbackListener) -> None:
         self.listeners.append(listener)
@@ -65,6 +69,7 @@ class SpeculativeEngine:
         resumed = time.perf_counter()  # time spent by the caller between yields is not ours
         self._request_id += 1
         generator = cfg.generator()
+        self.request_acceptance = self.acceptance if generator is None else AcceptanceRates()
         stats.prompt_tokens = prompt_ids.shape[0]
         ids = torch.empty(prompt_ids.shape[0] + cfg.max_new_tokens + 1, dtype=torch.long)
         ids[: prompt_ids.shape[0]] = prompt_ids
@@ -126,7 +131,7 @@ class SpeculativeEngine:
         tic = time.perf_counter()
         proposal = self.draft.propose(ids[:length], k, cfg.sampling, generator)
         if self.verify_cost is not None:
-            proposal = cut_proposal(proposal, self.verify_cost, self.acceptance)
+            proposal = cut_proposal(proposal, self.verify_cost, self.request_acceptance)
         toc = time.perf_counter()
         stats.draft_s += toc - tic
 
@@ -141,6 +146,8 @@ class SpeculativeEngine:
             n_accepted, next_token = verify_sampling(target_probs, proposal.probs, proposal.tokens, generator)
         n = int(n_accepted)
         self.acceptance.observe(proposal.tokens.shape[0], n)
+        if self.request_acceptance is not self.acceptance:
+            self.request_acceptance.observe(proposal.tokens.shape[0], n)
         # The cache now holds length + k positions; keep the committed ones and the accepted drafts.
         rollback(cache, length + n)
         self._commit_features(out, length, list(range(n + 1)))

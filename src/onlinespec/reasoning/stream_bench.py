@@ -292,6 +292,7 @@ def summarize(settings: ReasonBenchSettings, rows: list[dict]) -> dict:
     return {
         "settings": asdict(settings),
         "problems": len(rows),
+        "torch_threads": torch.get_num_threads(),
         "methods": methods,
         "lossless": False,
         "note": "lookahead reasoning keeps steps a judge accepts: answers are not token-identical to the target's",
