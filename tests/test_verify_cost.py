@@ -3,6 +3,8 @@ never-reads-x_i property, exact greedy and sampled output with cuts happening, t
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import draft_of, noisy_copy, run_ar, run_spec, tiny_llama
@@ -16,6 +18,8 @@ from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.verify_cost import (
     MEASURED_TOKENS,
+    PREFIX_TOKENS,
+    REPEATS,
     AcceptanceRates,
     VerifyCost,
     cached_verify_cost,
@@ -128,13 +132,14 @@ def test_greedy_output_is_the_targets_with_cuts_happening(seed: int) -> None:
 
 def test_sampling_with_cuts_matches_the_target() -> None:
     """P(x1, x2 | prompt) under the target's processed sampling (6 tokens, 2000 samples). x1 comes from the
-    prefill, x2 from one verify step whose single draft is verified only where min(max q, the acceptance rate the
-    engine observed so far) exceeds 0.4 (c(2) = 1.4): about three steps in four here. Deeper cuts are covered by
-    the property test above."""
+    prefill, x2 from one verify step whose single draft is verified only where the draft's max q exceeds 0.8
+    (c(2) = 1.8; a sampled request's cuts read only its own steps, none yet): after x1 = 0 or 2 (max q 0.92, 0.89),
+    about 6 requests in 10, and cut after the others (max q 0.62 to 0.72). Deeper cuts are covered by the property
+    test above."""
     vocab = 6
     target = tiny_llama(seed=11, vocab=vocab, layers=1)  # one layer: the rule needs no depth; CI time does
     engine = SpeculativeEngine(target, draft_of(noisy_copy(target, 1.0, seed=12), vocab))
-    engine.verify_cost = VerifyCost((1.0, 1.4))
+    engine.verify_cost = VerifyCost((1.0, 1.8))
     lengths = []
     engine.add_listener(lambda record: lengths.append(int(record.draft_tokens.shape[0])))
     prompt = torch.tensor([1, 4, 2])
@@ -157,7 +162,8 @@ def test_the_measured_curve_is_relative_to_one_token_and_cached(tmp_path) -> Non
     files = list((tmp_path / "verify-cost").glob("*.json"))
     assert len(files) == 1 and first.source == str(files[0])
     files[0].write_text('{"relative": [1.0, 7.0]}')  # what is cached is what is used: no second measurement
-    assert cached_verify_cost(target, tmp_path).relative == (1.0, 7.0)
+    cached = cached_verify_cost(target, tmp_path)
+    assert cached.relative == (1.0, 7.0) and cached.one_token_ms == 0.0  # a file from before one_token_ms: unknown
 
 
 def test_pipeline_modes(tmp_path, monkeypatch) -> None:
@@ -231,3 +237,64 @@ def test_a_seed_reproduces_a_sample_whatever_requests_came_before() -> None:
     again, _ = run_spec(engine, prompt, sampled)
     assert again == first
     assert engine.acceptance.reached and engine.acceptance.reached[0] > AcceptanceRates.MIN_WEIGHT
+
+
+def test_a_token_whose_best_length_does_not_pay_is_cut_even_when_each_ratio_is_below_one() -> None:
+    """Token 0 pays (max q 0.9 at c(2) = 1.5); its drawn q is only 0.1, so by token 1 the expected gain
+    E = 1.1 per c(2) = 0.73 beats any longer length ((1.1 + 0.1 * 0.5) / 3 = 0.38): cut there."""
+    assert worth_verifying([0.1, 0.5], [0.9, 0.5], VerifyCost((1.0, 1.5, 3.0))) == 1
+
+
+def test_cut_proposal_takes_q_over_the_vocabulary_from_logits_and_leaves_an_empty_proposal_alone() -> None:
+    """Flat rows (q = 1/6 per token) never pay at c(2) = 1.3, whatever the rows' levels."""
+    logits = torch.stack([torch.zeros(6), torch.full((6,), -10.0)])  # [m=2, V=6]
+    proposal = Proposal(tokens=torch.tensor([1, 0]), logits=logits, probs=None)
+    assert cut_proposal(proposal, VerifyCost((1.0, 1.3, 1.6))).tokens.numel() == 0
+    empty = Proposal(tokens=torch.zeros(0, dtype=torch.long), logits=torch.zeros(0, 6), probs=None)
+    assert cut_proposal(empty, VerifyCost((1.0, 1.3))) is empty
+
+
+class ScheduledTarget(torch.nn.Module):
+    """A real tiny model behind a clock: each forward over n new tokens first sleeps n * delays[r] seconds, r being
+    how many forwards over n tokens came before it (the last delay repeats); every call's batch, input length and
+    cache length are recorded."""
+
+    def __init__(self, model: torch.nn.Module, delays: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model, self.config, self.delays = model, model.config, delays
+        self.calls: list[tuple[int, int, int]] = []  # (batch, new tokens, cached positions before the call)
+
+    def forward(self, input_ids: torch.Tensor, past_key_values, **kwargs):
+        batch, n = input_ids.shape
+        seen = sum(1 for call in self.calls if call[1] == n)
+        self.calls.append((batch, n, past_key_values.get_seq_length()))
+        time.sleep(n * self.delays[min(seen, len(self.delays) - 1)])
+        return self.model(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+
+
+def test_measuring_times_each_size_on_the_prefix_drops_the_warm_up_round_and_keeps_the_fastest(capsys) -> None:
+    """Round 0 (no delay) is the warm-up and is not kept; round 1 (120 ms per token) is the fastest kept; rounds
+    2 and 3 sleep 600 ms per token. So one token costs about 120 ms (plus the tiny model's own time, which a busy
+    machine stretches) and two tokens about twice that."""
+    target = ScheduledTarget(tiny_llama(seed=0), delays=(0.0, 0.12, 0.6))
+    curve = measure_verify_cost(target, sizes=2)
+    prefill, *timed = target.calls
+    assert prefill == (1, PREFIX_TOKENS, 0)
+    assert timed == [(1, n, PREFIX_TOKENS) for _ in range(REPEATS + 1) for n in (1, 2)]  # rolled back each time
+    assert 120.0 <= curve.one_token_ms < 235.0, curve
+    assert curve.relative[0] == 1.0 and 1.4 < curve.relative[1] <= 2.05, curve
+    assert all(round(r, 4) == r for r in curve.relative)  # stored to 4 decimals
+    assert capsys.readouterr().err == ""  # no progress bar unless asked for
+    measure_verify_cost(tiny_llama(seed=0), sizes=2, progress="measuring")
+    err = capsys.readouterr().err
+    assert "measuring" in err and err.rsplit("\r", 2)[-2].strip() == ""  # shown, then cleared (leave=False)
+
+
+def test_a_request_that_ends_with_a_plain_step_counts_its_target_time() -> None:
+    """max_new_tokens = 2: the prefill gives the first token, then one token of budget is left, so no draft is
+    verified (k = 0): a plain target step. Both target forwards sleep 50 ms."""
+    model = tiny_llama(seed=0)
+    engine = SpeculativeEngine(ScheduledTarget(model, delays=(0.05,)), draft_of(noisy_copy(model, 0.3), 96))
+    _, stats = run_spec(engine, torch.tensor([3, 5, 7]), GenerationConfig(max_new_tokens=2, k=3))
+    assert stats.target_forwards == 2 and stats.drafted == 0
+    assert stats.target_s >= 0.1
