@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onlinespec.models.tiny import char_tokenizer, tiny_llama
-from onlinespec.reasoning.judges import ExactJudge, OverlapJudge, TargetJudge, normalise, numbers
+from onlinespec.reasoning.judges import (
+    ExactJudge,
+    NumbersThenTargetJudge,
+    OverlapJudge,
+    TargetJudge,
+    make_judge,
+    normalise,
+    numbers,
+)
 from onlinespec.reasoning.lookahead import accepted_steps, judged, kept_steps, lookahead_round
 from onlinespec.reasoning.problems import answer_value
 from onlinespec.reasoning.solve import solve_alone, solve_lookahead
@@ -206,6 +214,25 @@ def test_the_target_judge_reads_yes_against_no_for_each_pair_as_one_forward_woul
         ids = encode_prompt(tok, ALIGNMENT_QUESTION.format(context="Problem", draft=d, target=t))
         logits = target(input_ids=ids[None]).logits[0, -1]
         assert verdict == bool(logits[judge.yes].max() > logits[judge.no].max())
+
+
+def test_the_numbers_then_target_judge_asks_the_target_only_where_the_numbers_agree(target, tok):
+    class Counting(TargetJudge):
+        asked: list[tuple[str, str]] = []
+
+        def verdicts(self, context, pairs):
+            self.asked += pairs
+            return super().verdicts(context, pairs)
+
+    target_judge = Counting(target, tok)
+    judge = NumbersThenTargetJudge(target_judge)
+    pairs = [("x = 1 + 2", "we get 1 + 2"), ("so 3 apples", "so 4 apples"), ("add them", "we add"), ("2, 3", "3, 2")]
+    verdicts = judge.verdicts("Problem", pairs)
+    assert target_judge.asked == [pairs[0], pairs[2]]  # the numbers differ in the other two: no forward for them
+    said = TargetJudge(target, tok).verdicts("Problem", [pairs[0], pairs[2]])
+    assert verdicts == [said[0], False, said[1], False]
+    assert judge.verdicts("Problem", [pairs[1]]) == [False] and len(target_judge.asked) == 2  # nothing asked
+    assert make_judge("numbers-target", target, tok).name == "numbers-target"
 
 
 def test_answer_value():

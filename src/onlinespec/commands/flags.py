@@ -289,7 +289,8 @@ def add_reasoning_flags(parser: argparse.ArgumentParser) -> None:
         choices=JUDGES,
         default=None,
         help="overlap: same numbers and shared words "
-        "(cheap); exact: equal after normalising; target: the target answers yes/no (default: overlap)",
+        "(cheap); exact: equal after normalising; target: the target answers yes/no; numbers-target: the same "
+        "numbers first, then the target's yes (default: overlap)",
     )
     parser.add_argument(
         "--min-overlap", type=float, default=None, help="the overlap judge's word Jaccard threshold (default: 0.5)"

@@ -8,6 +8,9 @@ One small interface (`Judge.verdicts`), three judges:
 - `target`: the paper's way: the target is asked whether the two steps are aligned and the verdict is the
   next-token read of " yes" against " no" (one batched forward over the pairs; its time counts in every speed
   figure, as the judges' time does, because the caller clocks `verdicts`).
+- `numbers-target`: the same numbers in the same order first (free), then the target's yes for the pairs left.
+  The target alone said yes to a wrong formula with other numbers (docs/reasoning.md); this judge never asks it
+  about such a pair, and asks less often.
 
 None of them makes lookahead reasoning token-lossless: an accepted draft step is kept in place of the target's.
 """
@@ -153,7 +156,25 @@ class TargetJudge:
         return [bool(v) for v in (yes > no)]
 
 
-JUDGES = ("overlap", "exact", "target")
+class NumbersThenTargetJudge:
+    """`numbers-target`: a pair whose numbers differ (in value or order) is rejected without a forward; the target
+    judges the others (one batched forward over them, none when no pair is left)."""
+
+    name = "numbers-target"
+
+    def __init__(self, target_judge: TargetJudge) -> None:
+        self.target_judge = target_judge
+
+    def verdicts(self, context: str, pairs: list[tuple[str, str]]) -> list[bool]:
+        asked = [i for i, (d, t) in enumerate(pairs) if numbers(d) == numbers(t)]
+        said = self.target_judge.verdicts(context, [pairs[i] for i in asked])
+        result = [False] * len(pairs)
+        for i, verdict in zip(asked, said, strict=True):
+            result[i] = verdict
+        return result
+
+
+JUDGES = ("overlap", "exact", "target", "numbers-target")
 
 
 def make_judge(name: str, target_model=None, target_tokenizer=None, min_overlap: float = 0.5) -> Judge:
@@ -161,8 +182,9 @@ def make_judge(name: str, target_model=None, target_tokenizer=None, min_overlap:
         return ExactJudge()
     if name == "overlap":
         return OverlapJudge(min_overlap)
-    if name == "target":
+    if name in ("target", "numbers-target"):
         if target_model is None:
-            raise ValueError("the target judge needs the target model and tokenizer")
-        return TargetJudge(target_model, target_tokenizer)
+            raise ValueError(f"the {name} judge needs the target model and tokenizer")
+        judge = TargetJudge(target_model, target_tokenizer)
+        return judge if name == "target" else NumbersThenTargetJudge(judge)
     raise UserError(f"unknown judge '{name}': choose one of {', '.join(JUDGES)}")
