@@ -233,7 +233,8 @@ def test_a_seed_reproduces_a_sample_whatever_requests_came_before() -> None:
     first, _ = run_spec(engine, prompt, sampled)
     for seed in range(3):  # other requests change the shared memory in between
         run_spec(engine, prompt, GenerationConfig(max_new_tokens=40, k=4, seed=seed))
-        run_spec(engine, prompt[:4], GenerationConfig(max_new_tokens=40, k=4, sampling=SamplingConfig(), seed=seed))
+        sampled_too = GenerationConfig(max_new_tokens=40, k=4, sampling=SamplingConfig(temperature=1.0), seed=seed)
+        run_spec(engine, prompt[:4], sampled_too)
     again, _ = run_spec(engine, prompt, sampled)
     assert again == first
     assert engine.acceptance.reached and engine.acceptance.reached[0] > AcceptanceRates.MIN_WEIGHT
@@ -292,9 +293,31 @@ def test_measuring_times_each_size_on_the_prefix_drops_the_warm_up_round_and_kee
 
 def test_a_request_that_ends_with_a_plain_step_counts_its_target_time() -> None:
     """max_new_tokens = 2: the prefill gives the first token, then one token of budget is left, so no draft is
-    verified (k = 0): a plain target step. Both target forwards sleep 50 ms."""
+    verified (k = 0): a plain target step. Each target forward sleeps 50 ms per token."""
     model = tiny_llama(seed=0)
     engine = SpeculativeEngine(ScheduledTarget(model, delays=(0.05,)), draft_of(noisy_copy(model, 0.3), 96))
     _, stats = run_spec(engine, torch.tensor([3, 5, 7]), GenerationConfig(max_new_tokens=2, k=3))
     assert stats.target_forwards == 2 and stats.drafted == 0
-    assert stats.target_s >= 0.1
+    assert stats.target_s >= 0.2  # the 3-token prefill sleeps 150 ms, the plain step 50 ms
+
+
+def test_each_verify_step_feeds_the_shared_memory_once_and_a_sampled_requests_own_memory_once() -> None:
+    """Replaying the verify steps (as their feedback records report them) into fresh memories gives exactly the
+    engine's: the shared one sees every request's steps, a sampled request's own memory sees only its steps."""
+    target = tiny_llama(seed=4)
+    engine = SpeculativeEngine(target, draft_of(sharp_copy(target, seed=9), 96))
+    engine.verify_cost = VerifyCost((1.0, 1.3, 1.6, 1.9, 2.2))
+    steps: list[tuple[int, int]] = []
+    engine.add_listener(lambda record: steps.append((int(record.draft_tokens.shape[0]), record.num_accepted)))
+    prompt = torch.randint(0, 96, (8,), generator=torch.Generator().manual_seed(4))
+    run_spec(engine, prompt, GenerationConfig(max_new_tokens=30, k=4))
+    greedy_steps = len(steps)
+    run_spec(engine, prompt, GenerationConfig(max_new_tokens=30, k=4, sampling=SamplingConfig(temperature=0.8), seed=1))
+    shared, own = AcceptanceRates(), AcceptanceRates()
+    for i, (verified, accepted) in enumerate(steps):
+        shared.observe(verified, accepted)
+        if i >= greedy_steps:
+            own.observe(verified, accepted)
+    assert greedy_steps > 3 and len(steps) > greedy_steps + 3
+    for got, expected in ((engine.acceptance, shared), (engine.request_acceptance, own)):
+        assert got.reached == pytest.approx(expected.reached) and got.accepted == pytest.approx(expected.accepted)
