@@ -1,6 +1,6 @@
 """Judges: does a drafted step say the same thing as the target's step at the same position?
 
-One small interface (`Judge.verdicts`), three judges:
+One small interface (`Judge.verdicts`), four judges:
 - `exact`: equal after normalisation (case, spacing, punctuation other than operators, thousands separators).
 - `overlap` (the cheap semantic check, the CPU default): the same numbers in the same order, and at least
   `min_overlap` of the content words and operators shared (Jaccard over their sets). Arithmetic steps agree
