@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -15,6 +16,12 @@ from onlinespec.decoding.metrics import RequestStats
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.drafts.causal_lm import CausalLMDraft
 from onlinespec.models.tiny import save_tiny_model_dir, tiny_llama  # noqa: F401  (re-exported to the tests)
+
+# Under pytest-xdist (`-n 2`, the README's test command) each worker gets one core: one torch thread here and in
+# every process a test starts (servers, the CLI), so two workers never oversubscribe a 2-core machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:
