@@ -2,7 +2,8 @@
 
 A measurement (the verify-cost curve, the faster weight layout) holds for one model config, dtype, torch thread
 count, CPU and torch version: those make its key, plus whatever the caller adds (`extra`). Files live under
-`cache_dir/<kind>/<hash of the key>.json` and are written atomically (a temporary file, then a rename).
+`cache_dir/<kind>/<hash of the key>.json` and are written atomically (a temporary file of the writer's own, then
+a rename), so processes measuring the same model at once (two servers starting, test workers) never clash.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import platform
 from pathlib import Path
 
 import torch
+
+from onlinespec.atomic import write_text_atomic
 
 
 def machine_key(model: torch.nn.Module, extra: dict | None = None) -> dict:
@@ -48,10 +51,7 @@ def write_measurement(
     """Save `record` as the measurement of `kind` for this key; returns its path."""
     key = machine_key(model, extra)
     path = _path(cache_dir, kind, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**record, "key": {**key, "config": "(hashed)"}}))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({**record, "key": {**key, "config": "(hashed)"}}))
     return path
 
 
