@@ -127,3 +127,52 @@ def test_the_targets_margin_at_each_divergence_is_reported() -> None:
 def test_first_divergence(ours: list[int], ref: list[int], at: int | None) -> None:
     assert first_divergence(ours, ref) == at
     assert first_divergence(ref, ours) == at
+
+
+def test_the_last_third_is_the_last_third_of_the_rounds() -> None:
+    """Six rounds: the last third is the last two (rounds 5 and 6), whatever came before."""
+    rounds = [
+        *(record("ar", 20, 20, 0, 0) for _ in range(6)),
+        *(record("static", 20, 10, 20, 10) for _ in range(6)),
+        *(record("ogd", 20, 10, 20, 10) for _ in range(4)),
+        record("ogd", 20, 8, 16, 12),  # round 5: tau 2.5
+        record("ogd", 20, 5, 10, 15),  # round 6: tau 4
+    ]
+    ref = [[1, 2]]
+    ogd = summarise({}, rounds, {"ar": ref, "static": ref, "ogd": ref}, K)["methods"]["ogd"]
+    assert ogd["tau_last_third"] == pytest.approx(40 / 13)
+    assert ogd["tau_last_third_vs_static"] == pytest.approx((40 / 13) / 2.0)
+
+
+def test_a_method_that_never_drafted_has_no_draft_cost_and_an_ideal_of_one() -> None:
+    """A drafting method whose draft proposed nothing (e.g. prompt lookup with no match) decodes like `ar`: its
+    ideal speedup is 1, its cost and update ratios 0, however long its (empty) drafting and its update took."""
+    rounds = [
+        *(record("ar", 20, 20, 0, 0, decode_s=2.0) for _ in range(2)),
+        *(record("static", 20, 20, 0, 0, decode_s=2.5, draft_s=0.2, update_s=0.3) for _ in range(2)),
+    ]
+    ref = [[1, 2]]
+    static = summarise({}, rounds, {"ar": ref, "static": ref}, K)["methods"]["static"]
+    assert (static["cost_ratio"], static["update_per_step"], static["ideal_speedup"]) == (0.0, 0.0, 1.0)
+    assert static["speedup"] == pytest.approx((40 / 5.6) / (40 / 4.0))
+    assert static["efficiency"] == pytest.approx(static["speedup"])
+
+
+def test_ratios_over_a_zero_are_reported_as_zero() -> None:
+    """An `ar` that decoded nothing (every prompt's budget 0 tokens, say) gives speedups of 0, not a crash or inf;
+    with no `static` method there is no last-third ratio."""
+    rounds = [record("ar", 0, 1, 0, 0, decode_s=0.0), record("ogd", 4, 2, 4, 2, decode_s=0.5, draft_s=0.1)]
+    methods = summarise({}, rounds, {"ar": [[]], "ogd": [[]]}, K)["methods"]
+    ogd = methods["ogd"]
+    assert (ogd["speedup"], ogd["speedup_excl_update"], ogd["cost_ratio"]) == (0.0, 0.0, 0.0)
+    assert ogd["tau_last_third_vs_static"] is None
+
+
+def test_at_most_five_divergences_are_listed_but_all_are_counted() -> None:
+    n = 7
+    ref = [[i, i + 1] for i in range(n)]
+    rounds = [record("ar", 2 * n, 2 * n, 0, 0), record("static", 2 * n, n, n, n)]
+    results = summarise({}, rounds, {"ar": ref, "static": [[i, 99] for i in range(n)]}, K)
+    static = results["methods"]["static"]
+    assert static["greedy_mismatches"] == n == results["greedy_mismatches"]
+    assert static["first_divergences"] == [{"prompt": i, "token": 1} for i in range(5)]

@@ -96,7 +96,12 @@ GROUPS: dict[str, Group] = {
         Group(
             "bench-results",
             ("src/onlinespec/bench/results.py",),
-            ("tests/test_bench_arithmetic.py", "tests/test_bench.py", "tests/test_bench_methods.py"),
+            (
+                "tests/test_bench_arithmetic.py",
+                "tests/test_bench_report.py",
+                "tests/test_bench.py",
+                "tests/test_bench_methods.py",
+            ),
         ),
         Group(
             "serve",
