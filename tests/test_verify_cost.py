@@ -273,6 +273,26 @@ class ScheduledTarget(torch.nn.Module):
         return self.model(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
 
 
+class ClockedTarget(torch.nn.Module):
+    """A real tiny model on a clock of its own: each forward over n new tokens moves `now` on by n * step seconds
+    (nothing sleeps), so the times the measurement reads are exact."""
+
+    def __init__(self, model: torch.nn.Module, step: float) -> None:
+        super().__init__()
+        self.model, self.config, self.step, self.now = model, model.config, step, 0.0
+
+    def forward(self, input_ids: torch.Tensor, **kwargs):
+        self.now += input_ids.shape[1] * self.step
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_the_one_token_time_is_the_fastest_one_token_forward_in_milliseconds(monkeypatch) -> None:
+    target = ClockedTarget(tiny_llama(seed=0), step=0.0625)  # a power of two: every time below is exact
+    monkeypatch.setattr(time, "perf_counter", lambda: target.now)
+    curve = measure_verify_cost(target, sizes=3)
+    assert curve.one_token_ms == 62.5 and curve.relative == (1.0, 2.0, 3.0)
+
+
 def test_measuring_times_each_size_on_the_prefix_drops_the_warm_up_round_and_keeps_the_fastest(capsys) -> None:
     """Round 0 (no delay) is the warm-up and is not kept; round 1 (120 ms per token) is the fastest kept; rounds
     2 and 3 sleep 600 ms per token. So one token costs about 120 ms (plus the tiny model's own time, which a busy
