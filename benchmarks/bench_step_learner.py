@@ -10,7 +10,8 @@ reason-bench` does per round) on the training problems' pairs. After every updat
 update took, the mean DPO margin log pi(chosen) - log pi(rejected) on the training pairs, and how many of the
 draft's freshly written first steps the overlap judge accepts against the target's, on the training problems and
 on held-out ones (the acceptance that lookahead reasoning's speed depends on). Also the trainable parameters and
-the optimiser state's size. Greedy, fp32. Saves OUT/step_learner.json.
+the optimiser state's size. Greedy, fp32. Saves OUT/step_learner.json (and the target's steps, which a rerun
+reuses, in OUT/target_steps.json).
 """
 
 from __future__ import annotations
@@ -72,10 +73,20 @@ def main() -> None:
     problems = math_word_problems()[: args.problems + args.held_out]
     train, held = problems[: args.problems], problems[args.problems :]
 
-    target, draft = load_model("qwen2.5-coder-1.5b", "float32"), load_model("smollm2-135m", "float32")
-    tic = time.perf_counter()
-    target_steps = first_steps(target.model, target.tokenizer, problems, args.max_step_tokens)
-    print(f"target wrote {len(problems)} first steps in {time.perf_counter() - tic:.0f} s", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    draft = load_model("smollm2-135m", "float32")
+    # the target's steps take minutes on a CPU: kept in OUT and reused by a run with the same problems and length
+    saved, key = out / "target_steps.json", [[p.question for p in problems], args.max_step_tokens]
+    if saved.exists() and json.loads(saved.read_text())["key"] == key:
+        target_steps = json.loads(saved.read_text())["steps"]
+    else:
+        target = load_model("qwen2.5-coder-1.5b", "float32")
+        tic = time.perf_counter()
+        target_steps = first_steps(target.model, target.tokenizer, problems, args.max_step_tokens)
+        print(f"target wrote {len(problems)} first steps in {time.perf_counter() - tic:.0f} s", flush=True)
+        saved.write_text(json.dumps({"key": key, "steps": target_steps}))
+        del target
     draft_steps = first_steps(draft.model, draft.tokenizer, train, args.max_step_tokens)
     pairs = [PreferencePair((), t, d) for t, d in zip(target_steps, draft_steps, strict=False)]
     contexts = [StepWriter(draft.model, draft.tokenizer, p.messages()).ids_of([]) for p in train]
@@ -104,7 +115,9 @@ def main() -> None:
                 "round": r,
                 "update_s": seconds,
                 "margin": margin(learner, contexts, pairs),
-                "agree_train": agreement(learner.model, draft.tokenizer, train, target_steps, args.max_step_tokens),
+                "agree_train": agreement(
+                    learner.model, draft.tokenizer, train, target_steps[: args.problems], args.max_step_tokens
+                ),
                 "agree_held_out": agreement(
                     learner.model, draft.tokenizer, held, target_steps[args.problems :], args.max_step_tokens
                 ),
@@ -124,8 +137,6 @@ def main() -> None:
             "optimizer_state_mb": state_bytes / 2**20,
             "rounds": rows,
         }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "step_learner.json").write_text(json.dumps(report, indent=2))
     print(
         f"\n| setting | trainable | Adam state MB | update s (mean) | margin start -> end | agree train "
