@@ -45,11 +45,11 @@ def first_steps(model, tokenizer, problems, max_tokens: int) -> list[str]:
 
 def margin(learner: StepPreferenceLearner, contexts: list[list[int]], pairs: list[PreferencePair]) -> float:
     """Mean log pi(chosen | x) - log pi(rejected | x) over the pairs, under the learner's current weights."""
+    encoded = [learner.encode(ctx, p) for ctx, p in zip(contexts, pairs, strict=True)]
     with torch.no_grad():
         values = [
-            float(step_logprob(learner.model, ctx, learner.encode(ctx, p).chosen))
-            - float(step_logprob(learner.model, ctx, learner.encode(ctx, p).rejected))
-            for ctx, p in zip(contexts, pairs, strict=True)
+            float(step_logprob(learner.model, e.context, e.chosen) - step_logprob(learner.model, e.context, e.rejected))
+            for e in encoded
         ]
     return sum(values) / len(values)
 
