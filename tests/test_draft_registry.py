@@ -64,7 +64,7 @@ def test_a_bad_argument_says_what_to_write(spec: str) -> None:
 def test_unknown_kind_names_are_refused() -> None:
     with pytest.raises(UserError, match="unknown draft kind 'bogus': choose one of auto, none, layerskip"):
         draft_kind("bogus")
-    with pytest.raises(UserError, match="unknown head kind 'layerskip': choose one of eagle, medusa, hydra"):
+    with pytest.raises(UserError, match="unknown head kind 'layerskip': choose one of eagle, eagle3, medusa, hydra"):
         head_kind_entry("layerskip")
 
 
@@ -120,7 +120,7 @@ def test_every_entry_builds_a_draft_that_learning_and_the_engine_can_use(models)
 def test_every_head_kind_builds_a_head(tiny_target, name: str) -> None:
     head = build_head(name, tiny_target)
     assert isinstance(head, Head) and head.kind == name
-    assert isinstance(head, UnrolledHead) == (name == "eagle")
+    assert isinstance(head, UnrolledHead) == (name in ("eagle", "eagle3"))
     assert len(head.offsets) == len(head.loss_weights) >= 1
     assert set(head.store_config()) == set(head.layout_keys)
 

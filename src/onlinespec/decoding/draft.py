@@ -30,9 +30,14 @@ class Draft(Protocol):
     name: str
     wants_target_hidden: bool  # the draft drafts from the target's last-layer features (EAGLE, Medusa, Hydra)
     supports_tree: bool  # implements propose_tree
+    # Optional (default (-1,)): which of the target's hidden states (transformers' `hidden_states` indices: i < L is
+    # the input of layer i, -1 the last layer's output after the final norm) make a position's features, in this
+    # order, concatenated: d * len(feature_layers) columns. EAGLE-3 reads three inner layers and the last.
+    feature_layers: tuple[int, ...]
 
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
-        """Start a new request. prompt_ids: LongTensor [T]; features [T, d] (only if wants_target_hidden)."""
+        """Start a new request. prompt_ids: LongTensor [T]; features [T, F] (only if wants_target_hidden;
+        F = d * len(feature_layers))."""
 
     def propose(
         self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
@@ -45,5 +50,5 @@ class Draft(Protocol):
 
     def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
         """The target accepted `num_accepted` drafted tokens (along the chain, or a tree path); roll internal
-        state back to match. features [num_accepted + 1, d]: the target's features of the newly committed
+        state back to match. features [num_accepted + 1, F]: the target's features of the newly committed
         positions that have one (only if wants_target_hidden)."""

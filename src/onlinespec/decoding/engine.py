@@ -33,7 +33,7 @@ class SpeculativeEngine:
         self.draft = draft
         self.listeners: list[FeedbackListener] = []
         self.target_cache = None  # the current request's target KV cache (holds all committed tokens but the last)
-        self.features: torch.Tensor | None = None  # [max_len, d] target features of committed positions
+        self.features: torch.Tensor | None = None  # [max_len, F] target features of committed positions
         self._request_id = 0
         # When set, each chain proposal is cut to the length worth its verify cost (decoding/verify_cost.py).
         self.verify_cost: VerifyCost | None = None
@@ -86,7 +86,7 @@ class SpeculativeEngine:
         self.features = None
         prompt_features = None
         if self.draft.wants_target_hidden:
-            prompt_features = out.hidden_states[-1][0]  # [T, d]
+            prompt_features = self._features_of(out)  # [T, F]
             self.features = prompt_features.new_empty(ids.shape[0], prompt_features.shape[-1])
             self.features[: prompt_ids.shape[0]] = prompt_features
         self.draft.begin(prompt_ids, prompt_features)
@@ -180,7 +180,15 @@ class SpeculativeEngine:
 
         rows: which rows of this forward's output hold them (the accepted path, for trees)."""
         if self.features is not None:
-            self.features[length - 1 : length - 1 + len(rows)] = out.hidden_states[-1][0, rows]
+            self.features[length - 1 : length - 1 + len(rows)] = self._features_of(out)[rows]
+
+    def _features_of(self, out) -> torch.Tensor:
+        """The draft's features of every position of a target forward: [n, F], its `feature_layers` (default:
+        the last hidden state, after the final norm) concatenated."""
+        layers = getattr(self.draft, "feature_layers", (-1,))
+        if len(layers) == 1:
+            return out.hidden_states[layers[0]][0]
+        return torch.cat([out.hidden_states[i][0] for i in layers], dim=-1)
 
     def _tree_step(self, ids, length, max_depth, cache, cfg, stats: RequestStats, step: int) -> list[int]:
         """Greedy verification of a whole draft tree in ONE target forward (decoding/tree.py)."""

@@ -3,7 +3,7 @@
 `make_draft(spec, target)` builds the draft a `--draft` spec names; `draft_spec_help()` lists every spec form.
 The kinds, their syntax and builders are the entries of drafts/registry.py: `auto` (the default: `hybrid`,
 prompt lookup + the EAGLE head bundled for the target, if there is one, else `lookup`), `none`, `layerskip:N`,
-`lookup[:N[:E]]`, `hybrid[:HEAD]`, `eagle|medusa|hydra[:DIR|:fresh]` and any model spec (an independent draft LM
+`lookup[:N[:E]]`, `hybrid[:HEAD]`, `eagle|eagle3|medusa|hydra[:DIR|:fresh]` and any model spec (an independent draft LM
 with the target's tokenizer).
 """
 

@@ -25,7 +25,55 @@ from onlinespec.drafts.head_parts import DraftVocab, causal_mask, decoder_of, in
 from onlinespec.drafts.tree_builder import TreeBuilder
 
 
-class EagleHead(nn.Module):
+class UnrolledFeatureHead(nn.Module):
+    """What EAGLE heads of every generation share: the head steps over `lift(features)` and next tokens, each step
+    outputs g (its guess of the next feature, pre-norm), and training unrolls it on its own outputs.
+
+    Subclasses define `lift` (the target's features [..., F] -> the head's input [..., d]), `step` and
+    `draft_logits`, and set `unroll` (>= 1) in their constructor.
+    """
+
+    unroll: int
+    feature_layers: tuple[int, ...] = (-1,)  # the target's hidden states the engine passes (-1: the last, normed)
+
+    def lift(self, features: torch.Tensor) -> torch.Tensor:
+        """The target's features [..., F] -> the head's step input [..., d] (EAGLE: unchanged)."""
+        return features
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Output i at step t matches the target's p at position t + offsets[i] (every pass predicts x_{t+2})."""
+        return self.unrolled_terms(self.unroll)[0]
+
+    @property
+    def loss_weights(self) -> tuple[float, ...]:
+        return self.unrolled_terms(self.unroll)[1]
+
+    @staticmethod
+    def unrolled_terms(unroll: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(offsets, loss weights) of a teacher-forced call with `unroll` passes: (1,) * n and 0.8^i."""
+        return (1,) * unroll, tuple(0.8**i for i in range(unroll))
+
+    def forward(self, features: torch.Tensor, next_ids: torch.Tensor, unroll: int | None = None) -> list[torch.Tensor]:
+        """Teacher-forced training pass. features [B, T, F] = the target's f_0..f_{T-1}; next_ids [B, T] = x_1..x_T.
+
+        Returns `unroll` (default: self.unroll) tensors [B, T, Vd]: row t predicts x_{t+2}, i.e. matches the target's
+        p at t + 1.
+        """
+        length = features.shape[1]
+        positions = torch.arange(length)[None].expand(features.shape[0], -1)
+        mask = causal_mask(length, features.dtype)
+        inputs = self.lift(features)
+        outputs = []
+        for _ in range(self.unroll if unroll is None else unroll):
+            hidden = self.step(inputs, next_ids, positions, mask=mask)
+            outputs.append(self.draft_logits(hidden))
+            # next pass: step t sees the head's own estimate g_{t-1} of its input at t (step 0 keeps the real one)
+            inputs = torch.cat([inputs[:, :1], hidden[:, :-1]], dim=1)
+        return outputs
+
+
+class EagleHead(UnrolledFeatureHead):
     """Trainable: `fc` and `layer`. Shared with the target and frozen: embed, norm, rotary, the LM head."""
 
     kind = "eagle"
@@ -86,40 +134,9 @@ class EagleHead(nn.Module):
         """g [..., d] -> logits [..., Vd] over the draft vocabulary."""
         return self.vocab.logits(self.norm(hidden))
 
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """Output i at step t matches the target's p at position t + offsets[i] (every pass predicts x_{t+2})."""
-        return self.unrolled_terms(self.unroll)[0]
-
-    @property
-    def loss_weights(self) -> tuple[float, ...]:
-        return self.unrolled_terms(self.unroll)[1]
-
-    @staticmethod
-    def unrolled_terms(unroll: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """(offsets, loss weights) of a teacher-forced call with `unroll` passes: (1,) * n and 0.8^i."""
-        return (1,) * unroll, tuple(0.8**i for i in range(unroll))
-
-    def forward(self, features: torch.Tensor, next_ids: torch.Tensor, unroll: int | None = None) -> list[torch.Tensor]:
-        """Teacher-forced training pass. features [B, T, d] = f_0..f_{T-1}; next_ids [B, T] = x_1..x_T.
-
-        Returns `unroll` (default: self.unroll) tensors [B, T, Vd]: row t predicts x_{t+2}, i.e. matches the target's
-        p at t + 1.
-        """
-        length = features.shape[1]
-        positions = torch.arange(length)[None].expand(features.shape[0], -1)
-        mask = causal_mask(length, features.dtype)
-        outputs = []
-        for _ in range(self.unroll if unroll is None else unroll):
-            hidden = self.step(features, next_ids, positions, mask=mask)
-            outputs.append(self.draft_logits(hidden))
-            # next pass: step t sees the head's own estimate g_{t-1} of f_t (step 0 keeps the real f_0)
-            features = torch.cat([features[:, :1], hidden[:, :-1]], dim=1)
-        return outputs
-
 
 class EagleDraft(HeadDraft):
-    """Drafts with an EagleHead and its own small KV cache.
+    """Drafts with an EagleHead (or an Eagle3Head, drafts/eagle3.py) and its own small KV cache.
 
     The cache holds the head's entries for committed positions 0..fed-1 (fed with the target's real features);
     entries drafted ahead are dropped at every commit, and the next propose first feeds the real features the
@@ -151,7 +168,7 @@ class EagleDraft(HeadDraft):
         mask = None
         if m > 1:
             mask = additive_mask(torch.ones(m, m, dtype=torch.bool).tril(), self.fed, self.pending.dtype)
-        hidden = self.model.step(self.pending[None], ids[t + 1][None], t[None], self.cache, mask)
+        hidden = self.model.step(self.model.lift(self.pending[None]), ids[t + 1][None], t[None], self.cache, mask)
         self.fed += m
         self.pending = None
         return hidden[0, -1]

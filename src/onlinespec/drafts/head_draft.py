@@ -54,6 +54,9 @@ class HeadDraft:
         self.model = head
         self.name = name
         self.trainable = head.trainable_names()
+        # The target hidden states the engine concatenates into each position's features (decoding/draft.py):
+        # the last, normed one for EAGLE, Medusa and Hydra; EAGLE-3 adds three inner layers before it.
+        self.feature_layers: tuple[int, ...] = tuple(getattr(head, "feature_layers", (-1,)))
 
     def example_terms(self, call: Callable[..., object], ex: RequestExamples) -> list[ExampleTerm]:
         return head_example_terms(self.model, call, ex)
@@ -62,9 +65,11 @@ class HeadDraft:
         return self.model.vocab.to_draft_ids(target_ids)
 
     def target_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """The target's features [n, d] (after its final norm) -> the target's logits [n, V], through its LM head
-        (online/prompt_feedback.py learns from prompt positions with them)."""
-        return self.model.vocab.lm_head(features)
+        """The target's features [n, F] -> the target's logits [n, V], through its LM head
+        (online/prompt_feedback.py learns from prompt positions with them). The last d columns of every head
+        kind's features are the target's last hidden state after its final norm (`feature_layers` ends with -1)."""
+        lm_head = self.model.vocab.lm_head
+        return lm_head(features[..., -lm_head.weight.shape[1] :])
 
     def require_features(self, features: torch.Tensor | None) -> torch.Tensor:
         if features is None:

@@ -25,6 +25,12 @@ def build_head(kind: str, target: nn.Module, vocab_ids: torch.Tensor | None = No
     return head_kind_entry(kind).head_class(target, vocab_ids, **layout)
 
 
+def head_feature_layers(kind: str, target: nn.Module) -> tuple[int, ...]:
+    """The target hidden states (decoding/draft.py `feature_layers`) a default head of `kind` reads."""
+    rule = getattr(head_kind_entry(kind).head_class, "feature_layers_for", None)
+    return tuple(rule(target)) if rule is not None else (-1,)
+
+
 def load_head(directory: str | Path, target: nn.Module, kind: str | None = None) -> Head:
     """The head saved in `directory`, attached to `target` (whose frozen parts it shares)."""
     config, tensors = read_head(directory)

@@ -69,11 +69,12 @@ class HybridDraft:
         self.head_min_confidence = head_min_confidence
         self.name = name
         self.wants_target_hidden = head.wants_target_hidden
+        self.feature_layers = head.feature_layers
         self.steps = {"lookup": 0, "head": 0}  # proposals made by each, since the draft was built
 
     # --- Draft (decoding/draft.py) ---------------------------------------------------------------------------
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
-        """A new request: prompt_ids LongTensor [T]; features [T, d] for the head."""
+        """A new request: prompt_ids LongTensor [T]; features [T, F] for the head."""
         self.lookup.begin(prompt_ids)
         self.head.begin(prompt_ids, features)
 
@@ -154,8 +155,8 @@ def make_hybrid_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> Hybri
     head = make_draft(head_spec, target, dtype)
     if not isinstance(head, HeadDraft):
         raise UserError(
-            f"bad draft spec '{spec.text}': after 'hybrid:' give a head draft (eagle, medusa, hydra, with :DIR or "
-            f":fresh), not '{head_spec}'"
+            f"bad draft spec '{spec.text}': after 'hybrid:' give a head draft (eagle, eagle3, medusa, hydra, with :DIR "
+            f"or :fresh), not '{head_spec}'"
         )
     lookup = LookupDraft(
         target_vocab_size(target), min_ngram=MIN_MATCH, shared_min_ngram=SHARED_MIN_MATCH, tokenizer=target.tokenizer

@@ -120,15 +120,21 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         "hybrid",
         "hybrid[:HEAD]",
         "the lookup draft's proposal where the last 2+ tokens match earlier text of the request, a head draft's "
-        "elsewhere (HEAD: eagle, medusa or hydra[:DIR|:fresh]; default the bundled eagle head)",
+        "elsewhere (HEAD: eagle, eagle3, medusa or hydra[:DIR|:fresh]; default the bundled eagle head)",
         "onlinespec.drafts.hybrid:make_hybrid_draft",
-        r"([a-z]+(:.+)?)?",
+        r"([a-z][a-z0-9]*(:.+)?)?",
         "write hybrid or hybrid:HEAD with HEAD a head draft spec, e.g. hybrid:eagle:DIR",
     ),
     head_kind(
         "eagle",
         "an EAGLE head (one decoder layer over the target's features)",
         "onlinespec.drafts.eagle:EagleHead",
+        "onlinespec.drafts.eagle:EagleDraft",
+    ),
+    head_kind(
+        "eagle3",
+        "an EAGLE-3 head (one decoder layer over a fusion of low, middle and high target layers, its own LM head)",
+        "onlinespec.drafts.eagle3:Eagle3Head",
         "onlinespec.drafts.eagle:EagleDraft",
     ),
     head_kind(

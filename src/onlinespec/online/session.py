@@ -161,8 +161,8 @@ class OnlineLearning:
             )
         if cfg.prompt_positions and not isinstance(draft, TargetReadout):
             raise UserError(
-                f"prompt_positions needs a draft that drafts from the target's features (eagle, medusa, hydra), "
-                f"not '{draft.name}': drop --prompt-positions"
+                "prompt_positions needs a draft that drafts from the target's features (eagle, eagle3, medusa, "
+                f"hydra), not '{draft.name}': drop --prompt-positions"
             )
         named_live = dict(draft.model.named_parameters())
         self._live = [named_live[n] for n in draft.trainable]

@@ -65,8 +65,9 @@ def _warmup_prompts() -> tuple[list[str], list[str]]:
     return train, held
 
 
-def _fingerprint(sequences: list[list[int]], top_k: int) -> str:
-    digest = hashlib.sha256(json.dumps([top_k, sequences]).encode()).hexdigest()
+def _fingerprint(sequences: list[list[int]], top_k: int, feature_layers: tuple[int, ...] = (-1,)) -> str:
+    key = [top_k, sequences] if feature_layers == (-1,) else [top_k, list(feature_layers), sequences]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
     return digest[:12]
 
 
@@ -76,6 +77,7 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     from onlinespec.decoding.config import GenerationConfig
     from onlinespec.drafts import UnrolledHead, build_head
     from onlinespec.drafts.head_store import load_into, read_head, save_head
+    from onlinespec.drafts.heads import head_feature_layers
     from onlinespec.models import load_model
     from onlinespec.pipeline import Pipeline
     from onlinespec.warmup.corpus import chunked_token_sequences, generate_answers, pydoc_texts, stdlib_texts
@@ -111,10 +113,11 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     held = sequences[::20]  # every 20th sequence is held out for the agreement figure
     train = [s for i, s in enumerate(sequences) if i % 20]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    cache = out / f"teacher-{_fingerprint(sequences, cfg.top_k)}"
+    layers = head_feature_layers(cfg.kind, target)  # EAGLE-3 reads inner layers too: its own teacher cache
+    cache = out / f"teacher-{_fingerprint(sequences, cfg.top_k, layers)}"
     teacher_s = time.monotonic()
-    train_batches = teacher_batches(target, train, cfg.batch_tokens, cfg.top_k, pad, cache / "train")
-    held_batches = teacher_batches(target, held, cfg.batch_tokens, cfg.top_k, pad, cache / "held")
+    train_batches = teacher_batches(target, train, cfg.batch_tokens, cfg.top_k, pad, cache / "train", layers)
+    held_batches = teacher_batches(target, held, cfg.batch_tokens, cfg.top_k, pad, cache / "held", layers)
     teacher_s = time.monotonic() - teacher_s
 
     vocab, coverage = None, 1.0

@@ -1,7 +1,9 @@
-"""Teacher-forced target passes over warm-up sequences: the target's last-layer features and its top-K next-token
-distribution at every position, computed in batches once and kept (fp16 features) for many training epochs.
+"""Teacher-forced target passes over warm-up sequences: the target's features (the hidden states a head reads,
+`feature_layers`: the last layer's for EAGLE, Medusa, Hydra; three inner layers and the last for EAGLE-3) and its
+top-K next-token distribution at every position, computed in batches once and kept (fp16 features) for many
+training epochs.
 
-Per token: d * 2 bytes of features + K * 6 bytes of top-K (int32 ids, fp16 probs) + the tail mass.
+Per token: F * 2 bytes of features (F = d * len(feature_layers)) + K * 6 bytes of top-K (int32 ids, fp16 probs).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class TeacherBatch:
 
     ids: torch.Tensor  # LongTensor [B, T]
     lengths: torch.Tensor  # LongTensor [B]
-    features: torch.Tensor  # float16 [B, T, d]
+    features: torch.Tensor  # float16 [B, T, F]
     top_ids: torch.Tensor  # int32 [B, T, K]
     top_probs: torch.Tensor  # float16 [B, T, K]
 
@@ -31,11 +33,17 @@ class TeacherBatch:
 
 
 @torch.inference_mode()
-def teacher_pass(target, sequences: list[list[int]], top_k: int, pad_id: int) -> TeacherBatch:
-    """One batched target forward (no KV cache, causal, right padding) over `sequences`."""
+def teacher_pass(
+    target, sequences: list[list[int]], top_k: int, pad_id: int, feature_layers: tuple[int, ...] = (-1,)
+) -> TeacherBatch:
+    """One batched target forward (no KV cache, causal, right padding) over `sequences`; features = the hidden
+    states `feature_layers` (transformers' `hidden_states` indices, -1 = the last, normed) concatenated."""
     width = max(len(s) for s in sequences)
     ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences])
-    hidden = decoder_of(target)(input_ids=ids, use_cache=False).last_hidden_state  # [B, T, d]
+    last_only = tuple(feature_layers) == (-1,)
+    out = decoder_of(target)(input_ids=ids, use_cache=False, output_hidden_states=not last_only)
+    hidden = out.last_hidden_state  # [B, T, d]
+    features = hidden if last_only else torch.cat([out.hidden_states[i] for i in feature_layers], dim=-1)
     lm_head = target.get_output_embeddings()
     top_ids, top_probs = [], []
     for row in hidden:  # one sequence at a time keeps the [T, V] logits small
@@ -46,14 +54,20 @@ def teacher_pass(target, sequences: list[list[int]], top_k: int, pad_id: int) ->
     return TeacherBatch(
         ids=ids,
         lengths=torch.tensor([len(s) for s in sequences]),
-        features=hidden.half(),
+        features=features.half(),
         top_ids=torch.stack(top_ids),
         top_probs=torch.stack(top_probs),
     )
 
 
 def teacher_batches(
-    target, sequences: list[list[int]], batch_tokens: int, top_k: int, pad_id: int, cache_dir: Path
+    target,
+    sequences: list[list[int]],
+    batch_tokens: int,
+    top_k: int,
+    pad_id: int,
+    cache_dir: Path,
+    feature_layers: tuple[int, ...] = (-1,),
 ) -> list[TeacherBatch]:
     """Teacher outputs for all sequences (sorted by length into batches of about `batch_tokens` tokens), each
     batch saved to cache_dir/batch-NNNNN.pt so a resumed warm-up skips the finished ones."""
@@ -71,7 +85,7 @@ def teacher_batches(
         if path.is_file():
             out.append(TeacherBatch(**torch.load(path)))
             continue
-        batch = teacher_pass(target, [sequences[i] for i in group], top_k, pad_id)
+        batch = teacher_pass(target, [sequences[i] for i in group], top_k, pad_id, feature_layers)
         tmp = path.with_suffix(".tmp")
         torch.save(batch.__dict__, tmp)
         tmp.rename(path)
