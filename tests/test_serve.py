@@ -434,6 +434,12 @@ def test_sigterm_during_traffic_saves_the_state_and_a_new_process_restores_it(
     for t in threads:
         t.start()
         time.sleep(0.03)
+    # SIGTERM while a request is being decoded (on a loaded machine the first may not have arrived yet)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if learning.get("/health").json()["in_flight"]:
+            break
+        time.sleep(0.01)
     learning.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=60)
