@@ -207,7 +207,7 @@ def test_export_refuses_what_it_cannot_write_exactly(tmp_path, target) -> None:
     with pytest.raises(UserError, match="default"):
         export_eagle3(tmp_path / "moved", tmp_path / "out", target)
     save_head(tmp_path / "eagle", build_head("eagle", target), target)
-    with pytest.raises(UserError, match="not an EAGLE-3 head"):
+    with pytest.raises(UserError, match="only EAGLE-3 heads"):
         export_eagle3(tmp_path / "eagle", tmp_path / "out", target)
     save_head(tmp_path / "head", build_head("eagle3", target), target)
     with pytest.raises(UserError, match="hidden size 32"):

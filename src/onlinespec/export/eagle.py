@@ -139,6 +139,43 @@ def _is_export(directory: Path) -> bool:
         return False
 
 
+def read_exportable_head(
+    head_dir: str | Path, out_dir: str | Path, target, fmt: str, kind: str, label: str, supported: tuple[str, ...]
+) -> tuple[dict, dict[str, torch.Tensor], object]:
+    """The checks every head export makes before writing: format, directories, head kind, target architecture and
+    sizes. Returns (saved config, saved tensors, the target's transformers config); a UserError for anything a user
+    can fix."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    head_dir, out_dir = Path(head_dir), Path(out_dir)
+    if not head_dir.is_dir():
+        raise UserError(f"head directory '{head_dir}' does not exist")
+    if out_dir.exists() and not _is_export(out_dir):
+        raise UserError(f"'{out_dir}' exists and is not an earlier export: choose a new --out directory")
+    saved, tensors = read_head(head_dir)
+    if saved.get("kind") != kind:
+        raise UserError(f"'{head_dir}' holds a {saved.get('kind')} head: only {label} heads export to vLLM/SGLang")
+    cfg, arch = target_config(target)
+    if saved.get("target_architecture") not in supported or arch not in supported:
+        raise UserError(
+            f"{label} heads export for {', '.join(supported)} targets (the engines' classes): the head was trained "
+            f"for {saved.get('target_architecture')}, the target is {arch}"
+        )
+    if saved.get("hidden_size") != cfg.hidden_size or saved.get("target_vocab_size") != cfg.vocab_size:
+        raise UserError(
+            f"the head in '{head_dir}' was trained for a target with hidden size {saved.get('hidden_size')} and "
+            f"vocabulary {saved.get('target_vocab_size')}; this target has {cfg.hidden_size} and {cfg.vocab_size}"
+        )
+    return saved, tensors, cfg
+
+
+def check_shape(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], head_dir: Path) -> None:
+    """A UserError unless the saved head holds `name` with `shape`."""
+    if name not in tensors or tuple(tensors[name].shape) != shape:
+        got = tuple(tensors[name].shape) if name in tensors else "missing"
+        raise UserError(f"the head in '{head_dir}' does not fit this target: {name} is {got}, needs {shape}")
+
+
 def export_eagle(
     head_dir: str | Path,
     out_dir: str | Path,
@@ -153,31 +190,10 @@ def export_eagle(
     target: the loaded target model, its config, or a model spec. Atomic: written to a temporary directory and
     renamed into place. Returns out_dir. Raises UserError for anything a user can fix.
     """
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    saved, tensors, cfg = read_exportable_head(head_dir, out_dir, target, fmt, "eagle", "EAGLE", SUPPORTED_TARGETS)
     head_dir, out_dir = Path(head_dir), Path(out_dir)
-    if not head_dir.is_dir():
-        raise UserError(f"head directory '{head_dir}' does not exist")
-    if out_dir.exists() and not _is_export(out_dir):
-        raise UserError(f"'{out_dir}' exists and is not an earlier export: choose a new --out directory")
-    saved, tensors = read_head(head_dir)
-    if saved.get("kind") != "eagle":
-        raise UserError(f"'{head_dir}' holds a {saved.get('kind')} head: only EAGLE heads export to vLLM/SGLang")
-    cfg, arch = target_config(target)
-    if saved.get("target_architecture") not in SUPPORTED_TARGETS or arch not in SUPPORTED_TARGETS:
-        raise UserError(
-            f"only Llama targets export (the engines' EAGLE-1 classes are Llama ones): the head was trained for "
-            f"{saved.get('target_architecture')}, the target is {arch}"
-        )
-    if saved.get("hidden_size") != cfg.hidden_size or saved.get("target_vocab_size") != cfg.vocab_size:
-        raise UserError(
-            f"the head in '{head_dir}' was trained for a target with hidden size {saved.get('hidden_size')} and "
-            f"vocabulary {saved.get('target_vocab_size')}; this target has {cfg.hidden_size} and {cfg.vocab_size}"
-        )
     for name, shape in expected_shapes(cfg).items():
-        if name not in tensors or tuple(tensors[name].shape) != shape:
-            got = tuple(tensors[name].shape) if name in tensors else "missing"
-            raise UserError(f"the head in '{head_dir}' does not fit this target: {name} is {got}, needs {shape}")
+        check_shape(tensors, name, shape, head_dir)
     layout = saved.get("layout", "onlinespec")
     exact = layout == "eagle1"
     if not exact and not inexact:

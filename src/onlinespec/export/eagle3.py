@@ -28,9 +28,9 @@ from safetensors.torch import save_file
 
 from onlinespec.atomic import atomic_directory
 from onlinespec.drafts.eagle3 import default_aux_layers
-from onlinespec.drafts.head_store import CONFIG, VOCAB_KEY, WEIGHTS, read_head
+from onlinespec.drafts.head_store import CONFIG, VOCAB_KEY, WEIGHTS
 from onlinespec.errors import UserError
-from onlinespec.export.eagle import FORMATS, _is_export, engine_config, target_config
+from onlinespec.export.eagle import check_shape, engine_config, read_exportable_head
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 SUPPORTED_TARGETS = ("LlamaForCausalLM", "Qwen2ForCausalLM")  # the draft layer is Llama-shaped for both
@@ -94,32 +94,11 @@ def export_eagle3(head_dir: str | Path, out_dir: str | Path, target, fmt: str = 
     target: the loaded target model, its config, or a model spec. Atomic. Returns out_dir. Raises UserError for
     anything a user can fix.
     """
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    saved, tensors, cfg = read_exportable_head(head_dir, out_dir, target, fmt, "eagle3", "EAGLE-3", SUPPORTED_TARGETS)
     head_dir, out_dir = Path(head_dir), Path(out_dir)
-    if not head_dir.is_dir():
-        raise UserError(f"head directory '{head_dir}' does not exist")
-    if out_dir.exists() and not _is_export(out_dir):
-        raise UserError(f"'{out_dir}' exists and is not an earlier export: choose a new --out directory")
-    saved, tensors = read_head(head_dir)
-    if saved.get("kind") != "eagle3":
-        raise UserError(f"'{head_dir}' holds a {saved.get('kind')} head, not an EAGLE-3 head")
-    cfg, arch = target_config(target)
-    if saved.get("target_architecture") not in SUPPORTED_TARGETS or arch not in SUPPORTED_TARGETS:
-        raise UserError(
-            f"EAGLE-3 export supports {', '.join(SUPPORTED_TARGETS)} targets: the head was trained for "
-            f"{saved.get('target_architecture')}, the target is {arch}"
-        )
-    if saved.get("hidden_size") != cfg.hidden_size or saved.get("target_vocab_size") != cfg.vocab_size:
-        raise UserError(
-            f"the head in '{head_dir}' was trained for a target with hidden size {saved.get('hidden_size')} and "
-            f"vocabulary {saved.get('target_vocab_size')}; this target has {cfg.hidden_size} and {cfg.vocab_size}"
-        )
     draft_vocab = int(saved.get("draft_vocab_size") or cfg.vocab_size)
     for name, shape in expected_shapes(cfg, draft_vocab).items():
-        if name not in tensors or tuple(tensors[name].shape) != shape:
-            got = tuple(tensors[name].shape) if name in tensors else "missing"
-            raise UserError(f"the head in '{head_dir}' does not fit this target: {name} is {got}, needs {shape}")
+        check_shape(tensors, name, shape, head_dir)
     aux = tuple(saved.get("aux_layers") or ())
     default = default_aux_layers(cfg.num_hidden_layers)
     if aux != default:
