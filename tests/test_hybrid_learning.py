@@ -53,6 +53,42 @@ def test_the_hybrid_draft_is_both_and_the_pipeline_picks_the_session_that_does_b
     assert type(pipe.enable_learning(OnlineConfig(learner="ogd"))) is HybridLearning
     lookup = Pipeline(LoadedModel(spec="tiny", model=target, tokenizer=None), LookupDraft(VOCAB))
     assert type(lookup.enable_learning(OnlineConfig(learner="ogd"))) is CountingLearning
+    index_only = Pipeline(LoadedModel(spec="tiny", model=target, tokenizer=None), hybrid(target))
+    assert type(index_only.enable_learning(OnlineConfig(learner="count"))) is CountingLearning
+
+
+def test_learner_count_fills_the_index_and_leaves_the_head_frozen(tmp_path: Path) -> None:
+    """`count` on a hybrid: the index learns by counting, the head is never updated; its state resumes exactly,
+    and the two kinds of state (index alone, head and index) refuse each other with a message."""
+    target = tiny_llama(seed=8)
+    engine = SpeculativeEngine(target, hybrid(target, seed=8))
+    state = str(tmp_path / "count")
+    online = CountingLearning(engine, OnlineConfig(learner="count", round_requests=1, state_dir=state))
+    before = head_weights(engine)
+    first = prompts(1)[0]
+    expected, _ = run_ar(target, first, GEN)
+    _, stats1 = run_spec(engine, first, GEN)
+    record = online.after_request(stats1)
+    assert record["learner"] == "count" and engine.draft.memory()["entries"] > 0
+    assert all(torch.equal(w, before[n]) for n, w in head_weights(engine).items())
+    got, stats2 = run_spec(engine, first, GEN)
+    assert got == expected and stats2.tau > stats1.tau + 0.5, (stats1.tau, stats2.tau)
+    online.close()
+
+    restored_engine = SpeculativeEngine(target, hybrid(target, seed=8))
+    CountingLearning(restored_engine, OnlineConfig(learner="count", round_requests=1, state_dir=state))
+    assert restored_engine.draft.memory() == engine.draft.memory()
+    with pytest.raises(UserError, match="saved by learner 'count'.*--learner count"):
+        learning(state_dir=state)
+    both = str(tmp_path / "both")
+    _, both_engine, both_session = learning(state_dir=both)
+    _, stats = run_spec(both_engine, first, GEN)
+    both_session.after_request(stats)
+    both_session.close()
+    with pytest.raises(UserError, match="holds a trained head as well as the index .*learner 'ogd'"):
+        CountingLearning(
+            SpeculativeEngine(target, hybrid(target, seed=8)), OnlineConfig(learner="count", state_dir=both)
+        )
 
 
 def test_a_round_trains_the_head_and_fills_the_index_and_a_repeated_request_drafts_from_it() -> None:

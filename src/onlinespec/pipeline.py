@@ -129,7 +129,7 @@ class Pipeline:
         """Let the draft learn online from this pipeline's speculative requests: THE way to attach a learner
         session (generate, bench and serve all use it). Each learned request's stats reach the session through
         `Generation.finish()` (which `result()` calls); returns the session, for `status()` and `close()`."""
-        from onlinespec.online.counting_draft import CountingDraft
+        from onlinespec.online.counting_draft import COUNT, CountingDraft
         from onlinespec.online.counting_session import CountingLearning
         from onlinespec.online.hybrid_session import HybridLearning
         from onlinespec.online.session import OnlineLearning
@@ -138,10 +138,12 @@ class Pipeline:
         if self.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), not none")
         # A draft that learns by counting (the lookup draft) gets the session without gradients; one that learns
-        # both ways (the hybrid draft: a head and an n-gram index) the session that does both.
+        # both ways (the hybrid draft: a head and an n-gram index) the session that does both, unless its learner
+        # is `count`: then only its index learns (no gradient, milliseconds a round) and its head stays frozen.
         draft = self.engine.draft
         if isinstance(draft, CountingDraft):
-            session = HybridLearning if isinstance(draft, TrainableDraft) else CountingLearning
+            both = isinstance(draft, TrainableDraft) and cfg.learner != COUNT
+            session = HybridLearning if both else CountingLearning
         else:
             session = OnlineLearning
         self.online = session(self.engine, cfg)

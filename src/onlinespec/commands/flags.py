@@ -222,8 +222,9 @@ def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "
         "--learner",
         choices=(*LEARNERS, COUNT),
         default=default_learner,
-        help=f"static = no learning; sgd-momentum and adamw are ablations; {COUNT} = the lookup draft's learning "
-        "without gradients (with --draft lookup every learner but static counts) (default: %(default)s)",
+        help=f"static = no learning; sgd-momentum and adamw are ablations; {COUNT} = learning without gradients: "
+        "the lookup draft's index, or the hybrid draft's index with its head frozen (with --draft lookup every "
+        "learner but static counts) (default: %(default)s)",
     )
     session = []
     for flag in learning_flags():

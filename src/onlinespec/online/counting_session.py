@@ -6,6 +6,7 @@ only the hooks differ:
 - update: `draft.learn(requests)` at the round boundary, on the caller's thread whatever the schedule says. It is a
   few dict inserts per token (milliseconds a round), and proposals read the index it writes: a background thread
   would race with them. Nothing to publish: the draft is changed in place, between requests only;
+- drafts: the lookup draft, and the hybrid draft under learner `count` (its index learns, its head stays frozen);
 - learner: `static` freezes the draft (a restored index is used, nothing is added); any other name counts (the
   session reports it as `count`), so `serve`'s default learner just works with `--draft lookup`;
 - snapshot: the draft's `state_tensors()` in draft.safetensors, its description in state.json under "counting";
@@ -28,6 +29,8 @@ from onlinespec.errors import UserError
 from onlinespec.online.committed_text import CommittedText
 from onlinespec.online.counting_draft import COUNT, CountingDraft
 from onlinespec.online.session import OnlineConfig, OnlineLearning
+
+INDEX_PREFIX = "index."  # a hybrid state's index tensors in draft.safetensors (the head's are its parameter names)
 
 
 class CountingLearning(OnlineLearning):
@@ -72,6 +75,12 @@ class CountingLearning(OnlineLearning):
             raise UserError(
                 f"draft state in '{directory}' was saved for draft '{info.get('draft')}', which does not learn by "
                 f"counting, not for '{self._draft.name}': use another --draft-state directory"
+            )
+        if any(name.startswith(INDEX_PREFIX) for name in tensors):
+            raise UserError(
+                f"draft state in '{directory}' holds a trained head as well as the index (saved by learner "
+                f"'{info.get('config', {}).get('learner')}'): resume it with that learner, or use another "
+                "--draft-state directory"
             )
         load_counting_state(self._draft, tensors, info["counting"], directory)
 

@@ -9,7 +9,8 @@ replay, prompt positions, publication. On top of it, for the index (as online/co
   its time counts in the round's update time;
 - snapshot: the index tensors go into draft.safetensors next to the head's, under INDEX_PREFIX, and its description
   into state.json under "counting"; a state saved for another draft, tokenizer or layout is refused.
-`static` freezes both parts (a restored index is used, nothing is added).
+`static` freezes both parts (a restored index is used, nothing is added). The learner `count` trains the index
+alone (online/counting_session.py runs it; the head stays frozen): the two kinds of state refuse each other.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import torch
 
 from onlinespec.errors import UserError
 from onlinespec.online.committed_text import CommittedText
-from onlinespec.online.counting_session import load_counting_state
+from onlinespec.online.counting_draft import COUNT
+from onlinespec.online.counting_session import INDEX_PREFIX, load_counting_state
 from onlinespec.online.feedback_buffer import FeedbackBuffer
 from onlinespec.online.session import OnlineLearning
-
-INDEX_PREFIX = "index."  # names of the index tensors in draft.safetensors (the head's are its parameter names)
 
 
 class HybridLearning(OnlineLearning):
@@ -57,6 +57,11 @@ class HybridLearning(OnlineLearning):
         return {**super()._info(), "counting": self._draft.describe()}
 
     def _load(self, tensors: dict[str, torch.Tensor], learner_state: dict, info: dict, directory: str) -> None:
+        if info.get("draft") == self._draft.name and info.get("config", {}).get("learner") == COUNT:
+            raise UserError(
+                f"draft state in '{directory}' was saved by learner '{COUNT}' (the index alone, no trained head): "
+                f"resume it with --learner {COUNT}, or use another --draft-state directory"
+            )
         index = {n[len(INDEX_PREFIX) :]: t for n, t in tensors.items() if n.startswith(INDEX_PREFIX)}
         head = {n: t for n, t in tensors.items() if not n.startswith(INDEX_PREFIX)}
         super()._load(head, learner_state, info, directory)  # refuses another draft's state

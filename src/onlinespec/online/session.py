@@ -156,8 +156,8 @@ class OnlineLearning:
         cfg = self._cfg
         if cfg.learner == COUNT:
             raise UserError(
-                f"learner '{COUNT}' learns drafts without gradients (--draft lookup); draft '{draft.name}' learns by "
-                "gradient: use ogd, optimistic or ensemble"
+                f"learner '{COUNT}' learns drafts without gradients (--draft lookup, or the index of --draft hybrid); "
+                f"draft '{draft.name}' learns by gradient: use ogd, optimistic or ensemble"
             )
         if cfg.prompt_positions and not isinstance(draft, TargetReadout):
             raise UserError(
