@@ -1,6 +1,7 @@
-"""`onlinespec serve --draft hybrid:...`: the default draft kind learns both ways while serving: its head's weights
-change (the /draft digest) and its lookup index fills (/metrics), a repeated request is accepted more with the same
-text, and a restarted server restores both. Same real-process setup as tests/test_serve.py."""
+"""`onlinespec serve --draft hybrid:...`: with `--learner ogd` the default draft kind learns both ways while serving:
+its head's weights change (the /draft digest) and its lookup index fills (/metrics), a repeated request is accepted
+more with the same text, and a restarted server restores both. By default (learner `count`) only the index learns.
+Same real-process setup as tests/test_serve.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_the_hybrid_draft_learns_its_head_and_its_index_while_serving_and_surviv
     lookup_model: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    flags = ("--draft", "hybrid:eagle:fresh", "--round-size", "1", "--schedule", "sync")
+    flags = ("--draft", "hybrid:eagle:fresh", "--learner", "ogd", "--round-size", "1", "--schedule", "sync")
     flags += ("--draft-state", str(tmp_path / "state"))
     server = Server(lookup_model, tmp_path / "server.log", *flags)
     try:
@@ -43,3 +44,21 @@ def test_the_hybrid_draft_learns_its_head_and_its_index_while_serving_and_surviv
         assert again["digest"] == draft["digest"] and again["index"] == draft["index"]
     finally:
         restarted.stop()
+
+
+def test_by_default_the_hybrid_draft_learns_its_index_alone_while_serving(
+    lookup_model: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = Server(lookup_model, tmp_path / "server.log", "--draft", "hybrid:eagle:fresh", "--round-size", "1")
+    try:
+        start = server.get("/draft").json()
+        first = server.post(C, {"prompt": PROMPT, "max_tokens": 24}).json()
+        second = server.post(C, {"prompt": PROMPT, "max_tokens": 24}).json()
+        assert first["choices"][0]["text"] == second["choices"][0]["text"]
+        assert second["speculative"]["accepted"] > first["speculative"]["accepted"]  # drafted from the index
+        draft = server.get("/draft").json()
+        assert draft["learner"] == "count" and draft["round"] == 2
+        assert draft["digest"] == start["digest"] and draft["index"]["entries"] > 0  # the head never changed
+    finally:
+        assert server.stop() in (0, -15)

@@ -41,7 +41,7 @@ def index_metrics(server: Server) -> dict[str, float]:
 def test_the_lookup_index_learns_from_traffic_reports_its_memory_and_survives_a_restart(
     lookup_model: Path, tmp_path: Path
 ) -> None:
-    # serve's default learner (ogd) counts for a lookup draft; a round per request, a snapshot per round
+    # serve's default learner for a lookup draft is count; a round per request, a snapshot per round
     flags = ("--draft", "lookup:4:5000", "--round-size", "1", "--draft-state", str(tmp_path / "state"))
     server = Server(lookup_model, tmp_path / "server.log", *flags)
     try:

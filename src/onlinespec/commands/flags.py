@@ -209,10 +209,13 @@ def _add(group: argparse._ArgumentGroup, flag: ConfigFlag, default: Any = MISSIN
     group.add_argument(flag.name, help=(flag.help + suffix).strip(), **kwargs)
 
 
-def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "static") -> argparse._ArgumentGroup:
+def add_learning_flags(
+    parser: argparse.ArgumentParser, default_learner: str | None = "static"
+) -> argparse._ArgumentGroup:
     """Flags of the online learner (docs/method.md §2), shared by every command that decodes. Returns their group,
     to which `add_session_flags` adds the flags of a long-running session; without those, the session settings
-    are OnlineConfig's defaults."""
+    are OnlineConfig's defaults. default_learner None: the command picks one by draft (serve: `count` for drafts
+    that learn by counting, `ogd` for the others)."""
     from onlinespec.online.counting_draft import COUNT
     from onlinespec.online.learners import LEARNERS
     from onlinespec.online.session import OnlineConfig
@@ -224,7 +227,9 @@ def add_learning_flags(parser: argparse.ArgumentParser, default_learner: str = "
         default=default_learner,
         help=f"static = no learning; sgd-momentum and adamw are ablations; {COUNT} = learning without gradients: "
         "the lookup draft's index, or the hybrid draft's index with its head frozen (with --draft lookup every "
-        "learner but static counts) (default: %(default)s)",
+        "learner but static counts) (default: "
+        + (default_learner or f"{COUNT} for the hybrid and lookup drafts, ogd for the others, static without a draft")
+        + ")",
     )
     session = []
     for flag in learning_flags():

@@ -60,11 +60,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default: %(default)s)",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    learning = add_learning_flags(p, default_learner="ogd")
+    # The default learner depends on the draft (`default_learner`): the flag's default stays None until it is known.
+    learning = add_learning_flags(p, default_learner=None)
     # Decoding never waits for the learner: a round boundary that finds the last update still running is
     # postponed, and snapshots are copied at the boundary and written in a thread (~1 s for a layerskip:4
     # draft of the embedded model with its OGD state, which would otherwise stall decoding every checkpoint).
     add_session_flags(learning, save_in_background=True, wait_for_update=False)
+
+
+def default_learner(pipe) -> str:
+    """serve's learner unless --learner says: `count` for a draft that learns by counting (the default hybrid
+    draft, whose head then stays frozen, and the lookup draft), `ogd` for a draft that learns by gradient only,
+    `static` without a draft. Measured on the 2-core CPU (docs/serving.md, load benchmark): with the default
+    hybrid, `count` served at 18.4 tok/s and tau 1.87, `ogd` (head and index) at 16.3 tok/s and tau 1.86, frozen
+    at 18.8 tok/s and tau 1.74: the head's updates cost the decoder CPU that its learning does not win back."""
+    from onlinespec.online.counting_draft import COUNT, CountingDraft
+
+    if pipe.engine is None:
+        return "static"
+    return COUNT if isinstance(pipe.engine.draft, CountingDraft) else "ogd"
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -123,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         verify_cost=args.verify_cost,
         weight_layout=args.weight_layout,
     )
+    if args.learner is None:
+        args.learner = default_learner(pipe)
     if wants_learning(args):
         if pipe.engine is None:
             raise UserError("online learning needs a draft: pass --draft (e.g. layerskip:4), or --learner static")
