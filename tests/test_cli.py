@@ -213,10 +213,35 @@ def test_learning_flag_defaults_are_each_commands_settings() -> None:
     learner_cfg = LearnerConfig()
     generate = online_config_from_args(parser.parse_args(["generate", "hi"]))
     assert generate == OnlineConfig(learner="static", learner_cfg=learner_cfg)
-    serve = online_config_from_args(parser.parse_args(["serve"]))
+    serve_args = parser.parse_args(["serve"])
+    assert serve_args.learner is None  # picked by draft once the model is loaded (next test)
+    serve_args.learner = "ogd"
+    serve = online_config_from_args(serve_args)
     assert serve == OnlineConfig(learner_cfg=learner_cfg, save_in_background=True, wait_for_update=False)
     bench = parser.parse_args(["bench", "--round-size", "8"])
     assert online_config_from_args(bench) == OnlineConfig(learner="static", learner_cfg=learner_cfg, schedule="sync")
+
+
+def test_serve_picks_its_default_learner_by_draft() -> None:
+    """count for drafts that learn by counting (hybrid, lookup), ogd for gradient-only drafts, static without one."""
+    from conftest import tiny_llama
+    from test_hybrid_draft import VOCAB, hybrid
+
+    from onlinespec.commands.serve import default_learner
+    from onlinespec.drafts.lookup import LookupDraft
+    from onlinespec.models.resolve import LoadedModel
+    from onlinespec.pipeline import Pipeline
+
+    target = tiny_llama(seed=8)
+    draft = hybrid(target)
+
+    def pipe(d) -> Pipeline:
+        return Pipeline(LoadedModel(spec="tiny", model=target, tokenizer=None), d)
+
+    assert default_learner(pipe(draft)) == "count"
+    assert default_learner(pipe(LookupDraft(VOCAB))) == "count"
+    assert default_learner(pipe(draft.head)) == "ogd"
+    assert default_learner(pipe(None)) == "static"
 
 
 def test_the_library_never_imports_the_command_layer() -> None:
