@@ -64,3 +64,16 @@ def test_bench_runs_variants_and_records_the_new_telemetry(tmp_path) -> None:
     learned = [r for r in rounds if r["method"] == variant]
     assert len(learned) == 2 and all(r["steps"] >= 4 and "loss_after" in r and r["oov_rate"] == 0 for r in learned)
     assert learned[1]["steps"] > learned[0]["steps"]  # round 2 replays round 1
+
+
+def test_presets_run_count_only_with_a_draft_that_counts() -> None:
+    """`count` (index learning, no gradient) is in the quick preset for the default draft and left out for a
+    gradient-only draft, which would refuse it; methods given with --methods are never changed."""
+    from onlinespec.bench.presets import methods_for_draft
+
+    quick = PRESETS["quick"].methods
+    assert "count" in quick
+    for draft in ("auto", "hybrid", "hybrid:eagle3", "lookup", "lookup:3:1000"):
+        assert methods_for_draft(quick, draft) == quick
+    for draft in ("eagle", "eagle3:fresh", "medusa", "layerskip:4", "none", "some/model"):
+        assert methods_for_draft(quick, draft) == tuple(m for m in quick if m != "count")

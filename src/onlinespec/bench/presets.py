@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from onlinespec.drafts import DEFAULT_K
+from onlinespec.drafts.registry import parse_draft_spec
 from onlinespec.errors import UserError
+from onlinespec.online.counting_draft import COUNT
+
+# Draft kinds that learn by counting: `count` applies to them (`auto` is the hybrid or the lookup draft: both count).
+COUNTING_KINDS = ("auto", "lookup", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -23,14 +28,14 @@ class Preset:
 
 
 PRESETS = {
-    # 24 prompts x 32 tokens x 3 methods: ~770 new tokens per method. Measured 2 min 34 s with a fresh model cache
-    # (conversion included; README).
+    # 24 prompts x 32 tokens x 4 methods: ~770 new tokens per method. `count` (the default draft's index learning,
+    # no gradient) runs only with a draft that counts (methods_for_draft). Measured: see docs/benchmarks.md.
     "quick": Preset(
         stream="shifted:humaneval,spider,finance",
         num_prompts=24,
         max_new_tokens=32,
         round_size=4,
-        methods=("ar", "static", "ogd"),
+        methods=("ar", "static", COUNT, "ogd"),
         k=DEFAULT_K,
         expected="about 3 minutes",
     ),
@@ -88,6 +93,13 @@ PRESETS.update(
         ),
     }
 )
+
+
+def methods_for_draft(methods: tuple[str, ...], draft: str) -> tuple[str, ...]:
+    """A preset's methods for `draft` (a draft spec): without `count` when the draft learns by gradient only."""
+    if parse_draft_spec(draft).kind.name in COUNTING_KINDS:
+        return methods
+    return tuple(m for m in methods if m != COUNT)
 
 
 def get_preset(name: str) -> Preset:

@@ -1,6 +1,6 @@
 """`onlinespec bench`: how much faster decoding gets as the draft evolves, on the embedded default, offline.
 
-onlinespec bench --preset quick                  # ~3 min on 2 CPU cores: 24 prompts, ar vs static vs ogd
+onlinespec bench --preset quick                  # ~3 min on 2 CPU cores: 24 prompts, ar, static, count, ogd
 onlinespec bench --preset full --out runs/full   # ~35 min: 120 prompts over six domains, all five methods
 onlinespec bench --preset full --out runs/full --resume      # continue after an interruption
 onlinespec bench --preset adapt --out runs/adapt              # a domain the bundled head never saw: learning shows
@@ -92,7 +92,7 @@ def _methods(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from onlinespec.bench import run_bench
-    from onlinespec.bench.presets import get_preset
+    from onlinespec.bench.presets import get_preset, methods_for_draft
     from onlinespec.bench.prompts import load_prompts, load_stream
     from onlinespec.bench.results import render_report
     from onlinespec.bench.runner import BenchSettings
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         stream = load_stream(args.stream or preset.stream, _pick(args.num_prompts, preset.num_prompts))
     settings = BenchSettings(
-        methods=_methods(args.methods) if args.methods is not None else preset.methods,
+        methods=_methods(args.methods) if args.methods is not None else methods_for_draft(preset.methods, args.draft),
         stream=stream.name,
         max_new_tokens=_pick(args.max_new_tokens, preset.max_new_tokens),
         round_size=args.round_size,
