@@ -68,12 +68,17 @@ def test_bench_runs_variants_and_records_the_new_telemetry(tmp_path) -> None:
 
 def test_presets_run_count_only_with_a_draft_that_counts() -> None:
     """`count` (index learning, no gradient) is in the quick preset for the default draft and left out for a
-    gradient-only draft, which would refuse it; methods given with --methods are never changed."""
+    gradient-only draft, which would refuse it; a counting-only draft (lookup) runs `count` once, not again as
+    `ogd` (which counts too for it); methods given with --methods are never changed."""
     from onlinespec.bench.presets import methods_for_draft
 
     quick = PRESETS["quick"].methods
-    assert "count" in quick
-    for draft in ("auto", "hybrid", "hybrid:eagle3", "lookup", "lookup:3:1000"):
+    assert "count" in quick and "ogd" in quick
+    for draft in ("auto", "hybrid", "hybrid:eagle3"):
         assert methods_for_draft(quick, draft) == quick
+    for draft in ("lookup", "lookup:3:1000"):
+        assert methods_for_draft(quick, draft) == ("ar", "static", "count")
+    adapt = PRESETS["adapt"].methods  # no count listed: a lookup draft counts under each learner, as before
+    assert methods_for_draft(adapt, "lookup") == adapt
     for draft in ("eagle", "eagle3:fresh", "medusa", "layerskip:4", "none", "some/model"):
         assert methods_for_draft(quick, draft) == tuple(m for m in quick if m != "count")

@@ -9,9 +9,6 @@ from onlinespec.drafts.registry import parse_draft_spec
 from onlinespec.errors import UserError
 from onlinespec.online.counting_draft import COUNT
 
-# Draft kinds that learn by counting: `count` applies to them (`auto` is the hybrid or the lookup draft: both count).
-COUNTING_KINDS = ("auto", "lookup", "hybrid")
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -96,10 +93,15 @@ PRESETS.update(
 
 
 def methods_for_draft(methods: tuple[str, ...], draft: str) -> tuple[str, ...]:
-    """A preset's methods for `draft` (a draft spec): without `count` when the draft learns by gradient only."""
-    if parse_draft_spec(draft).kind.name in COUNTING_KINDS:
-        return methods
-    return tuple(m for m in methods if m != COUNT)
+    """A preset's methods for `draft` (a draft spec), by how its kind learns (drafts/registry.py `learns`): no
+    `count` for a draft that does not count; for one that only counts (lookup) every learner counts
+    (online/counting_session.py), so with `count` listed the gradient learners would repeat its run: dropped."""
+    learns = parse_draft_spec(draft).kind.learns
+    if "counting" not in learns:
+        return tuple(m for m in methods if m != COUNT)
+    if "gradient" not in learns and COUNT in methods:
+        return tuple(m for m in methods if m in ("ar", "static", COUNT))
+    return methods
 
 
 def get_preset(name: str) -> Preset:

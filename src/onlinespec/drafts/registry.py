@@ -58,6 +58,8 @@ class DraftKind:
     fix: str = ""  # what to write instead, when the argument does not match
     head: str | None = None  # head kinds: "module:HeadClass"
     draft: str | None = None  # head kinds: "module:DraftClass"
+    # How its drafts learn online: GRADIENT (ogd, optimistic, ensemble, ...) and/or COUNTING (the `count` learner)
+    learns: tuple[str, ...] = ("gradient",)
 
     def build(self, spec: DraftSpec, target: LoadedModel, dtype: str) -> Draft | None:
         if self.builder is None:
@@ -96,8 +98,9 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         "auto",
         "hybrid (prompt lookup + the EAGLE head bundled for the target) if a head is bundled, else lookup",
         _auto,
+        learns=("gradient", "counting"),  # the hybrid; for a target with no bundled head the lookup (counting only)
     ),
-    DraftKind("none", "none", "no draft: plain autoregressive decoding", None),
+    DraftKind("none", "none", "no draft: plain autoregressive decoding", None, learns=()),
     DraftKind(
         "layerskip",
         "layerskip:N",
@@ -115,6 +118,7 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         r"([1-9]\d*(:[1-9]\d*)?)?",
         "write lookup, lookup:N or lookup:N:E with N >= 1 the longest n-gram matched and E >= 1 the most index "
         "entries kept",
+        learns=("counting",),
     ),
     DraftKind(
         "hybrid",
@@ -124,6 +128,7 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         "onlinespec.drafts.hybrid:make_hybrid_draft",
         r"([a-z][a-z0-9]*(:.+)?)?",
         "write hybrid or hybrid:HEAD with HEAD a head draft spec, e.g. hybrid:eagle:DIR",
+        learns=("gradient", "counting"),
     ),
     head_kind(
         "eagle",
