@@ -82,3 +82,25 @@ def test_presets_run_count_only_with_a_draft_that_counts() -> None:
     assert methods_for_draft(adapt, "lookup") == adapt
     for draft in ("eagle", "eagle3:fresh", "medusa", "layerskip:4", "none", "some/model"):
         assert methods_for_draft(quick, draft) == tuple(m for m in quick if m != "count")
+
+
+def test_a_hybrid_bench_records_which_source_drafted_each_step(tmp_path) -> None:
+    """Per round, the hybrid's verify steps by source (rounds.jsonl "sources") add up to its verify steps (target
+    forwards less one prefill per prompt, less the plain last step a prompt takes when one token of its budget is
+    left); results.json sums them and report.md names them."""
+    save_tiny_model_dir(tmp_path / "model", WORDS)
+    write_prompts(tmp_path / "prompts.jsonl", n=4)
+    settings = settings_for(tmp_path, methods=("ar", "static", "count"), draft="hybrid:eagle:fresh")
+    results = run_bench(settings, load_prompts(str(tmp_path / "prompts.jsonl")), tmp_path / "out", show_progress=False)
+    rounds = [json.loads(line) for line in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    drafting = [r for r in rounds if r["method"] != "ar"]
+    assert len(drafting) == 4 and not any("sources" in r for r in rounds if r["method"] == "ar")
+    for r in drafting:
+        steps = sum(counts["steps"] for counts in r["sources"].values())
+        assert r["target_forwards"] - 2 * r["prompts"] <= steps <= r["target_forwards"] - r["prompts"], r
+    for method in ("static", "count"):
+        summed = results["methods"][method]["sources"]
+        own = [r for r in drafting if r["method"] == method]
+        assert summed["head"]["steps"] == sum(r["sources"]["head"]["steps"] for r in own) > 0
+        assert 0 <= summed["head"]["first_token_rate"] <= 1
+    assert "- count: request " in (tmp_path / "out" / "report.md").read_text()

@@ -57,25 +57,58 @@ def test_greedy_output_equals_autoregressive_output_with_both_parts_drafting(see
     assert draft.steps["lookup"] > 0 and draft.steps["head"] > 0
 
 
-def test_engine_sampling_with_the_hybrid_draft_matches_the_target() -> None:
+@pytest.mark.parametrize("traffic", [None, [1, 0, 2, 1, 0, 1]])
+def test_engine_sampling_with_the_hybrid_draft_matches_the_target(traffic: list[int] | None) -> None:
     """P(x1, x2 | prompt) under the target's processed sampling (4 tokens: 16 cells, 600 samples), x2 verified
     against the lookup's proposal when (last prompt token, x1) occurred in the prompt, else against the head's,
-    whose chain is cut by the confidence gate at some steps."""
+    whose chain is cut by the confidence gate at some steps. With earlier traffic in the shared index, x1 = 0
+    matches its (2, 1, 0) and the source gate decides, from earlier requests' scores, whether it drafts."""
     vocab = 4
     target = tiny_llama(seed=11, vocab=vocab, layers=1)  # one layer: the rule needs no depth; CI time does
     torch.manual_seed(0)
     head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
     draft = HybridDraft(LookupDraft(vocab, min_ngram=2, min_confidence=0.0), head, head_min_confidence=0.3)
+    if traffic:
+        draft.lookup.learn([torch.tensor(traffic)])
     prompt = torch.tensor([1, 3, 0, 3, 2, 1])  # (1, 3) and (3, 0), (3, 2) occur: x1 = 3 matches, others do not
     sampling = SamplingConfig(temperature=1.0, top_k=3)
     exact = exact_two_token_distribution(target, prompt, sampling)
     engine = SpeculativeEngine(target, draft)
     pairs = []
+    new_tokens = 5 if traffic else 3  # with traffic: later steps score the first step's proposal for the gate
     for seed in range(600):
-        tokens, _ = run_spec(engine, prompt, GenerationConfig(max_new_tokens=3, k=2, sampling=sampling, seed=seed))
+        cfg = GenerationConfig(max_new_tokens=new_tokens, k=2, sampling=sampling, seed=seed)
+        tokens, _ = run_spec(engine, prompt, cfg)
         pairs.append(tokens[0] * vocab + tokens[1])
     assert draft.steps["lookup"] > 50 and draft.steps["head"] > 50, draft.steps
+    if traffic:
+        assert draft.gate.scores["shared"].scored > 50 and draft.gate.held_back > 0, draft.report()
     assert chi2_p_value(torch.tensor(pairs), exact) > PASS_P_VALUE
+
+
+@pytest.mark.parametrize("gate_on", [True, False])
+def test_earlier_traffic_that_is_wrong_is_held_back_and_the_output_stays_the_targets(gate_on: bool) -> None:
+    """The shared index learns the target's own output with every fifth new token replaced, the first included:
+    its only 4-token matches in this request are the contexts before a replaced token, so each of its proposals
+    is wrong. Once the
+    head has scored above it, the gate holds them back (the head drafts there); without the gate they draft."""
+    target = tiny_llama(seed=8)
+    cfg = GenerationConfig(max_new_tokens=40, k=3)
+    prompt = torch.randint(0, VOCAB, (10,), generator=torch.Generator().manual_seed(8))
+    expected, _ = run_ar(target, prompt, cfg)
+    wrong = [(t + 1) % VOCAB if i % 5 == 0 else t for i, t in enumerate(expected)]
+    draft = hybrid(target, seed=8)
+    draft.gate.enabled = gate_on
+    draft.lookup.learn([torch.cat([prompt, torch.tensor(wrong)])])
+    draft.gate.scores["head"].add(2)  # as if the head's last proposal had been accepted in full
+    got, _ = run_spec(SpeculativeEngine(target, draft), prompt, cfg)
+    assert got == expected
+    shared = draft.gate.scores["shared"]
+    assert shared.scored >= 3 and shared.first_right == 0, draft.report()
+    if gate_on:
+        assert draft.gate.held_back >= 2 and shared.steps == 1, draft.report()  # only the first drafted
+    else:
+        assert draft.gate.held_back == 0 and shared.steps >= 3, draft.report()
 
 
 def test_the_lookup_drafts_where_the_request_repeats_itself_and_the_head_caps_at_head_k() -> None:

@@ -60,6 +60,22 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
+def sum_sources(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """A method's per-source counts (rounds.jsonl "sources") summed over its rounds, with each source's
+    first-token rate and mean score (drafts/source_gate.py); {} for drafts that have no sources."""
+    total: dict[str, dict[str, float]] = {}
+    for record in rounds:
+        for source, counts in record.get("sources", {}).items():
+            for key, value in counts.items():
+                total.setdefault(source, {}).setdefault(key, 0)
+                total[source][key] += value
+    for counts in total.values():
+        if counts.get("scored"):
+            counts["first_token_rate"] = counts["first_right"] / counts["scored"]
+            counts["mean_score"] = counts["matched"] / counts["scored"]
+    return total
+
+
 def summarise(
     config: dict, rounds: list[dict], outputs: dict[str, list[list[int]]], k: int, margins: dict | None = None
 ) -> dict:
@@ -98,6 +114,7 @@ def summarise(
             "tau_last_third": RequestStats.total(round_stats(r) for r in third).tau,
             "greedy_mismatches": len(divergences),
             "first_divergences": divergences[:MAX_DIVERGENCES],
+            **({"sources": sources} if (sources := sum_sources(own)) else {}),
         }
     ref = methods[REFERENCE]
     ar_step_s = _ratio(ref["decode_s"], ref["target_forwards"])  # one autoregressive target step, prefill included
@@ -165,6 +182,21 @@ def render_report(results: dict) -> str:
     for method, m in results["methods"].items():
         if method != REFERENCE:
             lines.append(f"- {method}: {' '.join(f'{t:.2f}' for t in m['tau_per_round'])}")
+    sourced = {method: m["sources"] for method, m in results["methods"].items() if m.get("sources")}
+    if sourced:
+        lines += [
+            "",
+            "which source drafted (hybrid draft): verify steps drafted, and the share of scored proposals whose first "
+            "token the target committed (held back: the shared index's proposals the gate kept out):",
+            "",
+        ]
+        for method, sources in sourced.items():
+            parts = [
+                f"{name} {c.get('steps', 0)} steps ({_fmt(c.get('first_token_rate'), '.2f')})"
+                + (f", {c['held_back']} held back" if c.get("held_back") else "")
+                for name, c in sources.items()
+            ]
+            lines.append(f"- {method}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 

@@ -40,6 +40,7 @@ REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the
 METHODS = (REFERENCE, *LEARNERS, COUNT)  # the plain names; a learner may also carry settings (bench/methods.py)
 _PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
 # Fields of the online session's round record that the benchmark's own round record replaces.
+SOURCE_COUNTS = ("steps", "scored", "first_right", "matched")  # a hybrid's per-source counts kept per round
 _SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}
 
 
@@ -160,11 +161,36 @@ def tokens_per_s_incl_update(total: RequestStats, update_s: float) -> float:
     return total.new_tokens / (total.wall_s + update_s) if total.wall_s + update_s else 0.0
 
 
+def source_counts(pipe: Pipeline) -> dict[str, dict[str, int]]:
+    """The draft's cumulative per-source counts (a hybrid's `report()`, drafts/source_gate.py), {} for other drafts:
+    {source: {steps, scored, first_right, matched}}, and held_back as {"shared": {"held_back": n}}."""
+    report = getattr(pipe.draft, "report", None)
+    if report is None:
+        return {}
+    scores = report()
+    counts = {s: {k: v[k] for k in SOURCE_COUNTS} for s, v in scores.items() if isinstance(v, dict)}
+    counts.setdefault("shared", {})["held_back"] = scores.get("held_back", 0)
+    return counts
+
+
+def counts_between(now: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """now - before, per source and count (a round's share of `source_counts`)."""
+    return {s: {k: v - before.get(s, {}).get(k, 0) for k, v in counts.items()} for s, counts in now.items()}
+
+
 def round_record(
-    method: str, round_no: int, first: int, domains: list[str], total: RequestStats, update_s: float, learner: dict
+    method: str,
+    round_no: int,
+    first: int,
+    domains: list[str],
+    total: RequestStats,
+    update_s: float,
+    learner: dict,
+    sources: dict | None = None,
 ) -> dict:
     """One line of rounds.jsonl: a method's counts and speeds over one round (`total`: its requests summed;
-    `update_s`: the time decoding waited for the learner at the round's end), plus the learner's telemetry."""
+    `update_s`: the time decoding waited for the learner at the round's end), the learner's telemetry, and the
+    draft's per-source counts over the round (hybrid drafts only)."""
     return {
         "method": method,
         "round": round_no,
@@ -178,6 +204,7 @@ def round_record(
         "tokens_per_s": total.tokens_per_s,
         "tokens_per_s_incl_update": tokens_per_s_incl_update(total, update_s),
         **learner,
+        **({"sources": sources} if sources else {}),
     }
 
 
@@ -296,6 +323,7 @@ class BenchRunner:
         requests: dict[str, list[RequestStats]] = {m: [] for m in s.methods}  # this round's, per method
         learned: dict[str, dict] = {}  # the learner's round record, per method whose session ended a round
         domains: list[str] = []
+        sources_before = {m: source_counts(p) for m, p in pipes.items()}  # after the untimed warm-up request
         started, elapsed_before = time.perf_counter(), progress["elapsed_s"]
         bar = tqdm(
             total=len(prompts),
@@ -326,7 +354,10 @@ class BenchRunner:
                     update_s, learner = _learner_telemetry(learned[method]) if method in learned else (0.0, {})
                     total = RequestStats.total(requests[method])
                     first = index + 1 - total.requests
-                    records.append(round_record(method, round_no, first, domains, total, update_s, learner))
+                    now = source_counts(pipe)
+                    sources = counts_between(now, sources_before[method])
+                    sources_before[method] = now
+                    records.append(round_record(method, round_no, first, domains, total, update_s, learner, sources))
                     status = pipe.online.status() if pipe.online is not None else None
                     if status is not None and status.learning:
                         progress["state_rounds"][method] = status.round

@@ -17,6 +17,11 @@ quick preset with `ogd`, shared matches from 2 tokens on cost tau where the head
 1.027x static), from 3 tokens on 1.813 / 1.076x, from 4 tokens 1.818 / 1.087x (the head learning alone:
 1.818 / 1.037x).
 
+Earlier traffic is gated (drafts/source_gate.py): every proposal is scored one step later by how far the target
+committed it, per source (this request's text, earlier traffic, the head), and the shared index drafts only while
+its recent score is at least the head's, so a new domain that earlier traffic does not resemble falls back to the
+head. `report()` gives the per-source counts (the bench saves them per round).
+
 Both drafts keep their request state: the head is told every committed token and the target's features at every
 `commit`, whichever draft proposed (an EAGLE head feeds the features it has not seen at its next proposal).
 Online learning (online/hybrid_session.py) trains both parts: the head by gradient (the hybrid is a
@@ -38,6 +43,7 @@ from onlinespec.drafts.causal_lm import target_vocab_size
 from onlinespec.drafts.head_draft import HeadDraft
 from onlinespec.drafts.lookup import LookupDraft
 from onlinespec.drafts.registry import DraftSpec, make_draft
+from onlinespec.drafts.source_gate import SourceGate
 from onlinespec.errors import UserError
 from onlinespec.models.resolve import LoadedModel
 from onlinespec.online.feedback_buffer import RequestExamples
@@ -48,10 +54,11 @@ SHARED_MIN_MATCH = 4  # the shortest match in EARLIER traffic's index (online le
 HEAD_K = 2  # the head's chain length: the bundled EAGLE head's fastest k (README)
 HEAD_MIN_CONFIDENCE = 0.2  # cut the head's chain before a token whose estimated acceptance falls below this
 DEFAULT_HEAD = "eagle"
+GREEDY = SamplingConfig()  # the shared index's held-back proposal is its most frequent continuation (no draw)
 
 
 class HybridDraft:
-    """Lookup where it matches, the head elsewhere (module docstring). Counts which one drafted each step."""
+    """Lookup where it matches, the head elsewhere (module docstring). Scores each source's proposals."""
 
     supports_tree = False
 
@@ -62,6 +69,7 @@ class HybridDraft:
         name: str = "hybrid",
         head_k: int = HEAD_K,
         head_min_confidence: float = HEAD_MIN_CONFIDENCE,
+        gate_shared: bool = True,
     ) -> None:
         self.lookup = lookup
         self.head = head
@@ -70,25 +78,43 @@ class HybridDraft:
         self.name = name
         self.wants_target_hidden = head.wants_target_hidden
         self.feature_layers = head.feature_layers
-        self.steps = {"lookup": 0, "head": 0}  # proposals made by each, since the draft was built
+        self.gate = SourceGate(enabled=gate_shared)
+
+    @property
+    def steps(self) -> dict[str, int]:
+        """Verify steps drafted by the lookup (either index) and by the head, since the draft was built."""
+        scores = self.gate.scores
+        return {"lookup": scores["request"].steps + scores["shared"].steps, "head": scores["head"].steps}
+
+    def report(self) -> dict:
+        """Per-source counts and scores (drafts/source_gate.py)."""
+        return self.gate.report()
 
     # --- Draft (decoding/draft.py) ---------------------------------------------------------------------------
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
         """A new request: prompt_ids LongTensor [T]; features [T, F] for the head."""
         self.lookup.begin(prompt_ids)
         self.head.begin(prompt_ids, features)
+        self.gate.forget()
 
     def propose(
         self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
     ) -> Proposal:
-        """ids [L] committed tokens -> the lookup's proposal (1..k tokens) if it matches, else the head's
-        min(k, head_k)."""
-        proposal = self.lookup.propose(ids, k, sampling, generator)
+        """ids [L] committed tokens -> the lookup's proposal (1..k tokens) if it matches (earlier traffic's only
+        while the gate is open), else the head's min(k, head_k). The gate is decided before anything is drawn."""
+        self.gate.settle(ids)
+        shared_open = self.gate.shared_open()
+        proposal = self.lookup.propose(ids, k, sampling, generator, use_shared=shared_open)
         if proposal.tokens.numel():
-            self.steps["lookup"] += 1
+            self.gate.proposed(self.lookup.last_source, ids, proposal.tokens, drafted=True)
             return proposal
-        self.steps["head"] += 1
-        return self._confident_prefix(self.head.propose(ids, min(k, self.head_k), sampling, generator))
+        if not shared_open:  # score what earlier traffic would have drafted, so the gate can reopen
+            held_back = self.lookup.propose(ids, k, GREEDY, None)
+            if held_back.tokens.numel() and self.lookup.last_source == "shared":
+                self.gate.proposed("shared", ids, held_back.tokens, drafted=False)
+        proposal = self.head.propose(ids, min(k, self.head_k), sampling, generator)
+        self.gate.proposed("head", ids, proposal.tokens, drafted=True)
+        return self._confident_prefix(proposal)
 
     def _confident_prefix(self, proposal: Proposal) -> Proposal:
         """The head's chain up to (not including) the first token i where prod_{j<i} q_j(x_j) * max q_i falls below

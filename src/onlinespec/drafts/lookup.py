@@ -71,6 +71,7 @@ class LookupDraft:
         self._tokens: list[int] = []  # the current request's committed tokens, as indexed so far
         self._tokenizer = tokenizer
         self._fingerprint: str | None = None
+        self.last_source: str | None = None  # which index matched the last proposal's first token ("request", "shared")
 
     # --- Draft (decoding/draft.py) -------------------------------------------------------------------------------
     def begin(self, prompt_ids: torch.Tensor, features: torch.Tensor | None = None) -> None:
@@ -80,9 +81,15 @@ class LookupDraft:
         self.request.add(self._tokens)
 
     def propose(
-        self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
+        self,
+        ids: torch.Tensor,
+        k: int,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+        use_shared: bool = True,
     ) -> Proposal:
-        """ids: LongTensor [L] committed tokens -> a Proposal of 0..k tokens, logits/probs [n, V]."""
+        """ids: LongTensor [L] committed tokens -> a Proposal of 0..k tokens, logits/probs [n, V]. use_shared=False
+        matches the request index only (the hybrid's gate, drafts/source_gate.py)."""
         seen = len(self._tokens)
         if ids.shape[0] > seen:  # index the tokens committed since the last step
             self._tokens.extend(ids[seen:].tolist())
@@ -92,10 +99,12 @@ class LookupDraft:
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
         confidence = 1.0
+        self.last_source = None
         for i in range(k):
-            counts = self._match(context)
+            counts, source = self._match(context, use_shared)
             if counts is None:
                 break
+            self.last_source = self.last_source or source
             total = sum(counts.values())
             # q over the target vocabulary, into row i (left out of the proposal if the chain stops here)
             logits[i, list(counts)] = torch.tensor([math.log(c / total) for c in counts.values()])
@@ -123,14 +132,16 @@ class LookupDraft:
             probs=None if sampling.greedy else (torch.stack(probs) if n else logits[:0].clone()),
         )
 
-    def _match(self, context: list[int]) -> dict[int, int] | None:
-        """The continuation counts of the longest suffix of `context` either index knows (the request's first)."""
+    def _match(self, context: list[int], use_shared: bool = True) -> tuple[dict[int, int] | None, str | None]:
+        """The continuation counts of the longest suffix of `context` either index knows (the request's first),
+        and which index it was."""
         for n in range(min(self.shared.max_ngram, len(context)), self.request.min_ngram - 1, -1):
             suffix = tuple(context[-n:])
-            counts = self.request.get(suffix) or self.shared.get(suffix)
-            if counts:
-                return counts
-        return None
+            if counts := self.request.get(suffix):
+                return counts, "request"
+            if use_shared and (counts := self.shared.get(suffix)):
+                return counts, "shared"
+        return None, None
 
     def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
         raise NotImplementedError("the lookup draft proposes chains only (supports_tree = False)")
