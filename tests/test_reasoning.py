@@ -20,7 +20,7 @@ from onlinespec.reasoning.judges import (
 )
 from onlinespec.reasoning.lookahead import accepted_steps, judged, kept_steps, lookahead_round
 from onlinespec.reasoning.problems import answer_value
-from onlinespec.reasoning.solve import solve_alone, solve_lookahead
+from onlinespec.reasoning.solve import solve_alone, solve_lookahead, target_tokens
 from onlinespec.reasoning.step_writer import StepWriter
 from onlinespec.reasoning.steps import split_steps, step_end
 
@@ -169,7 +169,10 @@ def test_lookahead_with_the_target_as_its_own_draft_writes_the_targets_answer(ta
         PROBLEM, (target, tok), (target, tok), ExactJudge(), depth=3, max_new_tokens=60, max_step_tokens=10, chat=False
     )
     assert looked.accepted == looked.drafted > 0 and not looked.pairs
-    assert looked.text[: len(alone.text)] == alone.text and looked.tokens >= alone.tokens
+    # cut to the same budget, counted in the answer text's target tokens (the target wrote one id here that decodes
+    # to nothing, so the alone answer's text holds 59 of them)
+    assert looked.text.startswith(alone.text) and looked.tokens == target_tokens(tok, looked.text) == 60
+    assert "".join(looked.steps) == looked.text and looked.finished == alone.finished
     assert looked.step_acceptance == looked.accepted / looked.rounds
 
 
@@ -179,7 +182,7 @@ def test_lookahead_with_another_draft_and_an_exact_judge_still_writes_the_target
     looked = solve_lookahead(
         PROBLEM, (draft, tok), (target, tok), ExactJudge(), depth=2, max_new_tokens=40, max_step_tokens=8, chat=False
     )
-    assert looked.text[: len(alone.text)] == alone.text
+    assert looked.text.startswith(alone.text) and looked.tokens == target_tokens(tok, looked.text) <= 40
     assert looked.rounds >= 5 and looked.accepted == 0  # a random draft never writes the target's 8 characters
     assert len(looked.pairs) == looked.rounds  # so every round pairs the target's step with the draft's
 

@@ -56,8 +56,9 @@ def solve_lookahead(
     max_step_tokens: int = 100,
     chat: bool = True,
 ) -> Solution:
-    """Lookahead reasoning rounds until the answer ends or reaches `max_new_tokens` target tokens.
-    `draft` and `target` are (model, tokenizer) pairs; they need not share a tokenizer."""
+    """Lookahead reasoning rounds until the answer ends or reaches `max_new_tokens` target tokens, then the answer
+    cut to that budget (`cut_to_budget`: the last round can keep up to depth + 1 steps past it, and the baselines
+    stop at it). `draft` and `target` are (model, tokenizer) pairs; they need not share a tokenizer."""
     t0 = time.perf_counter()
     draft_writer = StepWriter(*draft, problem, chat)
     target_writer = StepWriter(*target, problem, chat)
@@ -79,4 +80,23 @@ def solve_lookahead(
         if not "".join(result.kept) and not result.finished:
             break  # nothing written this round (an empty step that is not an end): stop rather than loop
     solution.seconds["total"] = time.perf_counter() - t0
+    return cut_to_budget(solution, target[1], max_new_tokens)
+
+
+def cut_to_budget(solution: Solution, tokenizer, max_new_tokens: int) -> Solution:
+    """The answer's first `max_new_tokens` target tokens, as the baselines write them: text and steps cut there,
+    and not finished if its end came after the budget. The time spent past it stays on the clock (the figures
+    only get more conservative); drafted and accepted steps are the rounds' as run."""
+    if solution.tokens <= max_new_tokens:
+        return solution
+    ids = tokenizer(solution.text, add_special_tokens=False)["input_ids"][:max_new_tokens]
+    text = tokenizer.decode(ids)
+    steps, used = [], 0
+    for step in solution.steps:
+        if used >= len(text):
+            break
+        steps.append(step[: len(text) - used])
+        used += len(steps[-1])
+    solution.steps[:] = steps if "".join(steps) == text else [text]  # a decode that is not a prefix: one step
+    solution.text, solution.tokens, solution.finished = text, max_new_tokens, False
     return solution
