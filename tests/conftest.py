@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -22,6 +25,13 @@ from onlinespec.models.tiny import save_tiny_model_dir, tiny_llama  # noqa: F401
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+# Speed measurements (models/machine_cache.py) of the many tiny random models go to a temporary folder of this
+# process (and of the servers and CLI runs it starts), removed at exit, never into the user's cache.
+if not os.environ.get("ONLINESPEC_MEASUREMENTS"):
+    os.environ["ONLINESPEC_MEASUREMENTS"] = tempfile.mkdtemp(prefix="onlinespec-test-measurements-")
+    atexit.register(shutil.rmtree, os.environ["ONLINESPEC_MEASUREMENTS"], True)
 
 
 def noisy_copy(model: torch.nn.Module, scale: float, seed: int = 1) -> torch.nn.Module:

@@ -21,12 +21,17 @@ from onlinespec.decoding.verify_cost import (
     PREFIX_TOKENS,
     REPEATS,
     AcceptanceRates,
+    SourceAcceptance,
     VerifyCost,
     cached_verify_cost,
     cut_proposal,
     measure_verify_cost,
     worth_verifying,
 )
+from onlinespec.drafts.eagle import EagleDraft
+from onlinespec.drafts.heads import build_head
+from onlinespec.drafts.hybrid import HybridDraft
+from onlinespec.drafts.lookup import LookupDraft
 from onlinespec.errors import UserError
 from onlinespec.models.resolve import LoadedModel
 from onlinespec.pipeline import Pipeline
@@ -167,12 +172,13 @@ def test_the_measured_curve_is_relative_to_one_token_and_cached(tmp_path) -> Non
 
 
 def test_pipeline_modes(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("ONLINESPEC_CACHE", str(tmp_path))
+    monkeypatch.setenv("ONLINESPEC_MEASUREMENTS", str(tmp_path))
     target = tiny_llama(seed=0)
     loaded = LoadedModel(spec="tiny", model=target, tokenizer=None)
     pipe = Pipeline(loaded, draft_of(noisy_copy(target, 0.3), 96))
     assert pipe.engine.verify_cost is None  # the constructor verifies every drafted token
     assert pipe.use_verify_cost("auto").relative[0] == 1.0 and pipe.engine.verify_cost is not None
+    assert len(list((tmp_path / "verify-cost").glob("*.json"))) == 1  # measured once, into $ONLINESPEC_MEASUREMENTS
     assert pipe.use_verify_cost("off") is None and pipe.engine.verify_cost is None
     with pytest.raises(UserError, match="unknown verify-cost mode 'fast'"):
         pipe.use_verify_cost("fast")
@@ -210,6 +216,44 @@ def test_observed_rates_cap_an_overconfident_draft() -> None:
     assert cut_proposal(proposal, cost, rates).tokens.numel() == 0
 
 
+def test_each_source_keeps_its_own_rates_and_a_pooled_memory_loads_as_one_source() -> None:
+    rates = SourceAcceptance()
+    for _ in range(10):
+        rates.observe(verified=2, accepted=2, source="request")
+        rates.observe(verified=2, accepted=0, source="head")
+    assert rates.of("request").rate(0) == 1.0 and rates.of("head").rate(0) == 0.0
+    assert rates.of("head").reached[1] == 0.0  # depth 1 never reached by the head
+    assert rates.of("request").reached[0] == pytest.approx(sum(0.98**t for t in range(10)))  # own steps decay it
+    assert rates.of().reached == []  # a source with no steps: no correction
+    again = SourceAcceptance()
+    again.load_dict(rates.to_dict())
+    assert again.to_dict() == rates.to_dict() and set(again.sources) == {"request", "head", ""}
+    again.load_dict({"accepted": [1.0], "reached": [4.0]})  # saved before sources existed
+    assert set(again.sources) == {""} and again.of().rate(0) == 0.25
+
+
+def test_the_engine_reads_and_feeds_the_rates_of_the_source_that_proposed() -> None:
+    """With the hybrid draft whose index of earlier traffic holds the target's own answer, earlier traffic's
+    proposals are accepted far more often than the untrained head's, and the engine keeps their rates apart (the
+    cut of each reads its own)."""
+    target = tiny_llama(seed=3)
+    torch.manual_seed(0)
+    head = EagleDraft(build_head("eagle", target).eval(), "eagle:fresh")
+    draft = HybridDraft(LookupDraft(96, min_ngram=2, shared_min_ngram=4), head, head_min_confidence=0.0)
+    engine = SpeculativeEngine(target, draft)
+    engine.verify_cost = VerifyCost((1.0, 1.1, 1.2, 1.3, 1.4))
+    prompt = torch.randint(0, 96, (10,), generator=torch.Generator().manual_seed(3))
+    cfg = GenerationConfig(max_new_tokens=48, k=3)
+    expected, _ = run_ar(target, prompt, cfg)
+    draft.lookup.learn([torch.cat([prompt, torch.tensor(expected[:24])])])  # the answer's first half, seen before
+    got, _ = run_spec(engine, prompt, cfg)
+    assert got == expected
+    shared, head_rates = engine.acceptance.of("shared"), engine.acceptance.of("head")
+    assert {"shared", "head"} <= set(engine.acceptance.sources) and "" not in engine.acceptance.sources
+    assert shared.reached[0] > 0 and head_rates.reached[0] > 0
+    assert shared.accepted[0] / shared.reached[0] > 0.9 > 0.5 > head_rates.accepted[0] / head_rates.reached[0]
+
+
 def test_a_depth_no_longer_verified_is_tried_again() -> None:
     rates = AcceptanceRates()
     for _ in range(100):
@@ -237,7 +281,7 @@ def test_a_seed_reproduces_a_sample_whatever_requests_came_before() -> None:
         run_spec(engine, prompt[:4], sampled_too)
     again, _ = run_spec(engine, prompt, sampled)
     assert again == first
-    assert engine.acceptance.reached and engine.acceptance.reached[0] > AcceptanceRates.MIN_WEIGHT
+    assert engine.acceptance.of().reached and engine.acceptance.of().reached[0] > AcceptanceRates.MIN_WEIGHT
 
 
 def test_a_token_whose_best_length_does_not_pay_is_cut_even_when_each_ratio_is_below_one() -> None:
@@ -339,5 +383,5 @@ def test_each_verify_step_feeds_the_shared_memory_once_and_a_sampled_requests_ow
         if i >= greedy_steps:
             own.observe(verified, accepted)
     assert greedy_steps > 3 and len(steps) > greedy_steps + 3
-    for got, expected in ((engine.acceptance, shared), (engine.request_acceptance, own)):
+    for got, expected in ((engine.acceptance.of(), shared), (engine.request_acceptance.of(), own)):
         assert got.reached == pytest.approx(expected.reached) and got.accepted == pytest.approx(expected.accepted)

@@ -23,7 +23,8 @@ from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.decoding.verify_cost import VERIFY_COST_MODES, VerifyCost, cached_verify_cost
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.errors import UserError
-from onlinespec.models import DEFAULT_MODEL, LoadedModel, cache_root, load_model
+from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
+from onlinespec.models.machine_cache import measurements_dir
 from onlinespec.prompting import encode_prompt
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Pipeline:
         if self.engine is None:
             return None  # no draft: nothing to verify
         if mode == "auto":
-            mode = cached_verify_cost(self.target.model, cache_root())
+            mode = cached_verify_cost(self.target.model, measurements_dir())
         self.engine.verify_cost = mode if isinstance(mode, VerifyCost) else None
         return self.engine.verify_cost
 

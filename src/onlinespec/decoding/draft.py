@@ -22,6 +22,9 @@ class Proposal:
     tokens: torch.Tensor  # LongTensor [k]
     logits: torch.Tensor  # [k, V] raw draft logits (ids the draft cannot produce hold -inf)
     probs: torch.Tensor | None  # [k, V] q after the request's logits processing; None when greedy
+    # Which part of the draft proposed it (a hybrid's "request", "shared" or "head"): the engine keeps the acceptance
+    # rates that its verify-cost rule reads per source (decoding/verify_cost.py). "" for drafts with one source.
+    source: str = ""
 
 
 class Draft(Protocol):

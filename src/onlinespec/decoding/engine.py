@@ -21,7 +21,7 @@ from onlinespec.decoding.sampling import probs_from_logits
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.decoding.tree import additive_mask, ancestor_mask, compact_cache, greedy_tree_walk
 from onlinespec.decoding.verify import verify_greedy, verify_sampling
-from onlinespec.decoding.verify_cost import AcceptanceRates, VerifyCost, cut_proposal
+from onlinespec.decoding.verify_cost import SourceAcceptance, VerifyCost, cut_proposal
 from onlinespec.errors import UserError
 
 
@@ -37,7 +37,7 @@ class SpeculativeEngine:
         self._request_id = 0
         # When set, each chain proposal is cut to the length worth its verify cost (decoding/verify_cost.py).
         self.verify_cost: VerifyCost | None = None
-        self.acceptance = AcceptanceRates()  # per-depth acceptance of earlier steps, which caps the draft's q there
+        self.acceptance = SourceAcceptance()  # per-source, per-depth acceptance of earlier steps: caps the draft's q
         # The rates the current request's cuts read: the shared memory when greedy (cuts cannot change a greedy
         # output), the request's own when sampling, so that a seed reproduces a sample whatever came before
         # (the cut length decides which random draws each token gets).
@@ -69,7 +69,7 @@ class SpeculativeEngine:
         resumed = time.perf_counter()  # time spent by the caller between yields is not ours
         self._request_id += 1
         generator = cfg.generator()
-        self.request_acceptance = self.acceptance if generator is None else AcceptanceRates()
+        self.request_acceptance = self.acceptance if generator is None else SourceAcceptance()
         stats.prompt_tokens = prompt_ids.shape[0]
         ids = torch.empty(prompt_ids.shape[0] + cfg.max_new_tokens + 1, dtype=torch.long)
         ids[: prompt_ids.shape[0]] = prompt_ids
@@ -131,7 +131,7 @@ class SpeculativeEngine:
         tic = time.perf_counter()
         proposal = self.draft.propose(ids[:length], k, cfg.sampling, generator)
         if self.verify_cost is not None:
-            proposal = cut_proposal(proposal, self.verify_cost, self.request_acceptance)
+            proposal = cut_proposal(proposal, self.verify_cost, self.request_acceptance.of(proposal.source))
         toc = time.perf_counter()
         stats.draft_s += toc - tic
 
@@ -145,9 +145,9 @@ class SpeculativeEngine:
             target_probs = probs_from_logits(target_logits, cfg.sampling)
             n_accepted, next_token = verify_sampling(target_probs, proposal.probs, proposal.tokens, generator)
         n = int(n_accepted)
-        self.acceptance.observe(proposal.tokens.shape[0], n)
+        self.acceptance.observe(proposal.tokens.shape[0], n, proposal.source)
         if self.request_acceptance is not self.acceptance:
-            self.request_acceptance.observe(proposal.tokens.shape[0], n)
+            self.request_acceptance.observe(proposal.tokens.shape[0], n, proposal.source)
         # The cache now holds length + k positions; keep the committed ones and the accepted drafts.
         rollback(cache, length + n)
         self._commit_features(out, length, list(range(n + 1)))

@@ -15,9 +15,11 @@ than stopping before i:
 where P_i = prod_{j<i} min(q_j(x_j), r_j) estimates that tokens < i are all accepted, E_{<i} = 1 + sum_{t<i}
 P_{t+1} the expected new tokens with tokens < i (the 1 is the target's own token) and a = min(max q_i, r_i) the
 estimate for token i and the tokens after it (unknown yet). r_j is the acceptance rate observed at depth j in
-this engine's earlier steps (`AcceptanceRates`): a draft's q is not always calibrated (the lookup's is an n-gram
-frequency, often 1 after a single match, while about half of its tokens are accepted), and past steps are fixed
-before this one is drafted, so using them keeps the rule blind to x_i. Because the cut at token i never looks at
+this engine's earlier steps (`AcceptanceRates`), kept apart per source of the proposal (`Proposal.source`: the
+hybrid's request lookup, earlier traffic and head are calibrated very differently, `SourceAcceptance`): a draft's q
+is not always calibrated (the lookup's is an n-gram frequency, often 1 after a single match, while about half of
+its tokens are accepted), and past steps are fixed before this one is drafted, so using them keeps the rule blind
+to x_i. Because the cut at token i never looks at
 x_i, every kept token is still a draw from its q, and exact speculative sampling holds (greedy output is the
 target's whatever is verified). Looking ahead to n > i lets a curve that falls with more tokens (as on the EPYC)
 keep long proposals while cutting short ones.
@@ -101,6 +103,33 @@ class AcceptanceRates:
             self.accepted[depth] += 1.0 if depth < accepted else 0.0
 
 
+class SourceAcceptance:
+    """`AcceptanceRates` per proposal source (`Proposal.source`; "" for drafts with one source). One pooled
+    memory let a source that is rarely right (the head on a domain it never saw: about 0.1 of its first tokens)
+    cap the rates of one that is mostly right (the request's own text: about 0.75) and cut its proposals too."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, AcceptanceRates] = {}
+
+    def of(self, source: str = "") -> AcceptanceRates:
+        """The memory of one source (created empty: no correction until it has steps)."""
+        return self.sources.setdefault(source, AcceptanceRates())
+
+    def observe(self, verified: int, accepted: int, source: str = "") -> None:
+        """One verify step of `source` (decays only that source's memory: a source's own steps, cut or not, are
+        what let its cut depths be tried again)."""
+        self.of(source).observe(verified, accepted)
+
+    def to_dict(self) -> dict:
+        return {"sources": {name: rates.to_dict() for name, rates in self.sources.items()}}
+
+    def load_dict(self, saved: dict) -> None:
+        """Continue from `to_dict()`'s output; a pooled memory saved before sources existed loads as source ""."""
+        self.sources = {}
+        for name, rates in saved.get("sources", {"": saved}).items():
+            self.of(name).load_dict(rates)
+
+
 def worth_verifying(drawn_q: list[float], max_q: list[float], cost: VerifyCost) -> int:
     """How many of the m drafted tokens to verify (module docstring). drawn_q[i] = q_i(x_i), max_q[i] = max q_i;
     the decision for token i reads drawn_q[:i] and max_q[i] only."""
@@ -136,7 +165,7 @@ def cut_proposal(proposal: Proposal, cost: VerifyCost, rates: AcceptanceRates | 
     if n == m:
         return proposal
     probs = None if proposal.probs is None else proposal.probs[:n]
-    return Proposal(tokens=proposal.tokens[:n], logits=proposal.logits[:n], probs=probs)
+    return Proposal(tokens=proposal.tokens[:n], logits=proposal.logits[:n], probs=probs, source=proposal.source)
 
 
 @torch.inference_mode()

@@ -33,6 +33,7 @@ alone drafts trees (`--draft eagle --tree ...`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -107,14 +108,14 @@ class HybridDraft:
         proposal = self.lookup.propose(ids, k, sampling, generator, use_shared=shared_open)
         if proposal.tokens.numel():
             self.gate.proposed(self.lookup.last_source, ids, proposal.tokens, drafted=True)
-            return proposal
+            return replace(proposal, source=self.lookup.last_source)  # the engine keeps acceptance per source
         if not shared_open:  # score what earlier traffic would have drafted, so the gate can reopen
             held_back = self.lookup.propose(ids, k, GREEDY, None)
             if held_back.tokens.numel() and self.lookup.last_source == "shared":
                 self.gate.proposed("shared", ids, held_back.tokens, drafted=False)
         proposal = self.head.propose(ids, min(k, self.head_k), sampling, generator)
         self.gate.proposed("head", ids, proposal.tokens, drafted=True)
-        return self._confident_prefix(proposal)
+        return replace(self._confident_prefix(proposal), source="head")
 
     def _confident_prefix(self, proposal: Proposal) -> Proposal:
         """The head's chain up to (not including) the first token i where prod_{j<i} q_j(x_j) * max q_i falls below

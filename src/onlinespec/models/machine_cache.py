@@ -4,18 +4,29 @@ A measurement (the verify-cost curve, the faster weight layout) holds for one mo
 count, CPU and torch version: those make its key, plus whatever the caller adds (`extra`). Files live under
 `cache_dir/<kind>/<hash of the key>.json` and are written atomically (a temporary file of the writer's own, then
 a rename), so processes measuring the same model at once (two servers starting, test workers) never clash.
+`measurements_dir()` is where they go: `$ONLINESPEC_MEASUREMENTS`, else the model cache (the test suite points it
+at a temporary folder, so the tiny random models it measures never fill the user's cache).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 
 import torch
 
 from onlinespec.atomic import write_text_atomic
+from onlinespec.models.embedded import cache_root
+
+
+def measurements_dir() -> Path:
+    """`$ONLINESPEC_MEASUREMENTS` if set, else the model cache (`$ONLINESPEC_CACHE`, models/embedded.py)."""
+    if os.environ.get("ONLINESPEC_MEASUREMENTS"):
+        return Path(os.environ["ONLINESPEC_MEASUREMENTS"])
+    return cache_root()
 
 
 def machine_key(model: torch.nn.Module, extra: dict | None = None) -> dict:

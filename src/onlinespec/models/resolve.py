@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from onlinespec.errors import UserError
-from onlinespec.models.embedded import EMBEDDED, cache_root, embedded_model_dir
+from onlinespec.models.embedded import EMBEDDED, embedded_model_dir
+from onlinespec.models.machine_cache import measurements_dir
 from onlinespec.models.weight_layout import use_weight_layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,5 +67,5 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", weight_layout: s
         ) from exc
     model.eval()
     model.requires_grad_(False)
-    use_weight_layout(model, weight_layout, cache_root())
+    use_weight_layout(model, weight_layout, measurements_dir())
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer)
