@@ -18,6 +18,8 @@ def test_every_family_renders_under_its_exact_name() -> None:
     metrics.count_learner_error()
     metrics.observe_round({"round": 1, "loss": 0.5, "weights": [0.25, 0.75]})
     metrics.observe_request({**STATS, "tokens_per_s": 5 / 1.5}, "stop", True, queue_s=0.5, ttft_s=0.6)
+    counts = {"steps": 7, "scored": 9, "first_right": 4, "held_back": 2, "first_token_rate": 0.44}
+    metrics.observe_draft_sources({"shared": counts, "head": {**counts, "held_back": 0}, "held_back": 2})
     text = metrics.render(queue_depth=3, in_flight=1, draft_round=4).decode()
     for line in (
         "onlinespec_checkpoints_total 1",
@@ -32,6 +34,10 @@ def test_every_family_renders_under_its_exact_name() -> None:
         "onlinespec_queue_depth 3",
         "onlinespec_in_flight 1",
         "onlinespec_learner_round 4",
+        'onlinespec_draft_source_steps_total{source="shared"} 7',
+        'onlinespec_draft_source_first_right_total{source="head"} 4',
+        'onlinespec_draft_source_held_back_total{source="shared"} 2',
+        'onlinespec_draft_source_scored_total{source="head"} 9',
     ):
         assert line in text
     declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}

@@ -187,7 +187,7 @@ def render_report(results: dict) -> str:
         lines += [
             "",
             "which source drafted (hybrid draft): verify steps drafted, and the share of scored proposals whose first "
-            "token the target committed (held back: the shared index's proposals the gate kept out):",
+            "token the target committed (held back: earlier traffic's proposals the gate kept out):",
             "",
         ]
         for method, sources in sourced.items():

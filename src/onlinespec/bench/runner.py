@@ -39,8 +39,8 @@ WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up c
 REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
 METHODS = (REFERENCE, *LEARNERS, COUNT)  # the plain names; a learner may also carry settings (bench/methods.py)
 _PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
+SOURCE_COUNTS = ("steps", "scored", "first_right", "matched", "held_back")  # a hybrid's per-source counts
 # Fields of the online session's round record that the benchmark's own round record replaces.
-SOURCE_COUNTS = ("steps", "scored", "first_right", "matched")  # a hybrid's per-source counts kept per round
 _SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}
 
 
@@ -163,14 +163,12 @@ def tokens_per_s_incl_update(total: RequestStats, update_s: float) -> float:
 
 def source_counts(pipe: Pipeline) -> dict[str, dict[str, int]]:
     """The draft's cumulative per-source counts (a hybrid's `report()`, drafts/source_gate.py), {} for other drafts:
-    {source: {steps, scored, first_right, matched}}, and held_back as {"shared": {"held_back": n}}."""
+    {source: {steps, scored, first_right, matched, held_back}}."""
     report = getattr(pipe.draft, "report", None)
     if report is None:
         return {}
     scores = report()
-    counts = {s: {k: v[k] for k in SOURCE_COUNTS} for s, v in scores.items() if isinstance(v, dict)}
-    counts.setdefault("shared", {})["held_back"] = scores.get("held_back", 0)
-    return counts
+    return {s: {k: v[k] for k in SOURCE_COUNTS} for s, v in scores.items() if isinstance(v, dict)}
 
 
 def counts_between(now: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

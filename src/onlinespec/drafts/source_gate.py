@@ -1,8 +1,9 @@
 """The hybrid draft's sources, how often each was right, and the gate that stops earlier traffic drafting badly.
 
-The hybrid (drafts/hybrid.py) drafts each verify step from one of three sources:
+The hybrid (drafts/hybrid.py) drafts each verify step from one of four sources:
 - `request`: this request's own text (prompt lookup), the lookup draft's request index;
 - `shared`: earlier traffic, the lookup draft's shared index (filled by the `count` learner, or restored);
+- `memory`: earlier traffic recalled by the target's features (drafts/feature_memory.py; learned with the index);
 - `head`: the head draft (by default the bundled EAGLE head).
 Every proposal is scored one step later, when the committed tokens are known: its score is the length of its
 longest prefix equal to the tokens the target committed after it (at most the number committed). In greedy
@@ -10,13 +11,14 @@ decoding that is the number of its tokens the target accepts when all are verifi
 cost rule cut; with sampling it is an estimate. The head is scored on its chain before the hybrid's confidence
 cut, so the score measures each source's guesses, not the cuts applied to them.
 
-The gate: the shared index drafts only while its recent score is at least the head's (each an exponential moving
-average with weight 1 - RECENT_DECAY on the newest score, about the last ten proposals). Earlier traffic helps
-where the new requests resemble it and costs accepted tokens where they do not (a new domain: measured in
-docs/benchmarks.md, issue 11), where the head would have drafted. While closed, the shared index's proposal is
-still computed (greedy, a few dict look-ups) and scored against what the target committed, so the gate reopens
-when earlier traffic becomes right again. The gate reads past steps only, never the tokens about to be drawn, so
-exact speculative sampling holds whichever source drafts.
+The gate: each source of earlier traffic (GATED: the shared index, the feature memory) drafts only while its recent
+score is at least the head's (each an exponential moving average with weight 1 - RECENT_DECAY on the newest score,
+about the last ten proposals). Earlier traffic helps where the new requests resemble it and costs accepted tokens
+where they do not (a new domain: measured in docs/benchmarks.md, issue 11), where the head would have drafted.
+While closed, the source's proposal is still computed (greedy: a few dict look-ups, or one small matrix product)
+and scored against what the target committed, so the gate reopens when earlier traffic becomes right again. The
+gate reads past steps only, never the tokens about to be drawn, so exact speculative sampling holds whichever
+source drafts.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-SOURCES = ("request", "shared", "head")
+SOURCES = ("request", "shared", "memory", "head")
+GATED = ("shared", "memory")  # earlier traffic: drafts only while it does at least as well as the head
 RECENT_DECAY = 0.9  # the weight of the previous recent score; the newest gets 1 - RECENT_DECAY
 
 
@@ -34,7 +37,8 @@ class SourceScore:
     """One source's proposals since the draft was built."""
 
     steps: int = 0  # verify steps this source drafted
-    scored: int = 0  # proposals scored: those it drafted, and (the shared index) those the gate held back
+    scored: int = 0  # proposals scored: those it drafted, and (a gated source) those the gate held back
+    held_back: int = 0  # steps it had a proposal the gate did not let it draft (gated sources only)
     first_right: int = 0  # scored proposals whose first token the target committed
     matched: int = 0  # sum of the scores (matched prefix lengths)
     recent: float | None = None  # moving average of the scores; None before the first
@@ -52,27 +56,34 @@ class SourceScore:
 
 
 class SourceGate:
-    """Scores the hybrid's proposals one step later and decides whether the shared index may draft."""
+    """Scores the hybrid's proposals one step later and decides whether each source of earlier traffic may draft."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.scores = {source: SourceScore() for source in SOURCES}
-        self.held_back = 0  # steps the shared index had a proposal the gate did not let it draft
         self._pending: list[tuple[str, int, list[int]]] = []  # (source, committed length, tokens) awaiting a score
 
+    @property
+    def held_back(self) -> int:
+        """Steps the shared index had a proposal the gate kept out."""
+        return self.scores["shared"].held_back
+
+    def is_open(self, source: str) -> bool:
+        """May `source` (one of GATED) draft this step? Yes until both it and the head have a recent score, then
+        while its recent score is at least the head's."""
+        mine, head = self.scores[source].recent, self.scores["head"].recent
+        return not self.enabled or mine is None or head is None or mine >= head
+
     def shared_open(self) -> bool:
-        """May the shared index draft this step? Yes until both it and the head have a recent score, then while
-        its recent score is at least the head's."""
-        shared, head = self.scores["shared"].recent, self.scores["head"].recent
-        return not self.enabled or shared is None or head is None or shared >= head
+        return self.is_open("shared")
 
     def proposed(self, source: str, ids: torch.Tensor, tokens: torch.Tensor, drafted: bool) -> None:
         """`source` proposed tokens [n] after the committed ids [L]; drafted = it is the step's draft (else the
         gate held it back). Scored at the next `settle`."""
         if drafted:
             self.scores[source].steps += 1
-        elif source == "shared":
-            self.held_back += 1
+        elif source in GATED:
+            self.scores[source].held_back += 1
         if tokens.numel():
             self._pending.append((source, ids.shape[0], tokens.tolist()))
 
@@ -91,5 +102,5 @@ class SourceGate:
         self._pending = []
 
     def report(self) -> dict:
-        """{source: SourceScore.to_dict()} and held_back, for telemetry and benchmarks."""
+        """{source: SourceScore.to_dict()} and held_back (the shared index's), for telemetry and benchmarks."""
         return {**{s: score.to_dict() for s, score in self.scores.items()}, "held_back": self.held_back}

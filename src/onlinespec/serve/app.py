@@ -103,6 +103,7 @@ def build_app(settings: ServeSettings, worker: Worker, encoder: PromptEncoder, m
         if learning:
             metrics.observe_checkpoints(learning.checkpoints, learning.checkpoint_failures)
         metrics.observe_draft_memory(worker.draft_memory())
+        metrics.observe_draft_sources(worker.draft_sources())
         return Response(metrics.render(worker.jobs.qsize(), worker.in_flight, draft_round), media_type=CONTENT_TYPE)
 
     @app.get("/draft", dependencies=auth)

@@ -52,9 +52,15 @@ HELP = {  # every family /metrics shows, in order; a name ending in _total is a 
     "draft_index_entries": "Lookup draft: (context, next token) entries in its cross-request n-gram index.",
     "draft_index_max_entries": "Lookup draft: the cap on those entries (least recently learned evicted first).",
     "draft_index_bytes": "Lookup draft: approximate bytes the index holds.",
+    # the hybrid draft's sources (drafts/source_gate.py), since the server started: request, shared, memory, head
+    "draft_source_steps_total": "Hybrid draft: verify steps each source drafted.",
+    "draft_source_scored_total": "Hybrid draft: proposals scored one step later (drafted, or held back by the gate).",
+    "draft_source_first_right_total": "Hybrid draft: scored proposals whose first token the target committed.",
+    "draft_source_held_back_total": "Hybrid draft: earlier traffic's proposals the gate kept out.",
 }
 ROUND_GAUGES = ("loss", "loss_after", "oov_rate", "update_norm_ratio")  # record keys -> learner_<key>
 INDEX_GAUGES = ("entries", "max_entries", "bytes")  # CountingDraft.memory() keys -> draft_index_<key>
+SOURCE_COUNTERS = ("steps", "scored", "first_right", "held_back")  # HybridDraft.report() keys -> draft_source_<key>
 LABELS = {  # label names of the labelled families, whose values are {tuple of label values: number}
     "http_responses_total": ("path", "code"),
     "requests_total": ("finish_reason", "learned"),
@@ -62,6 +68,7 @@ LABELS = {  # label names of the labelled families, whose values are {tuple of l
     "learner_telemetry": ("name",),
     "learner_hedge_weight": ("expert",),
     "learner_expert_loss": ("expert",),
+    **{f"draft_source_{key}_total": ("source",) for key in SOURCE_COUNTERS},
 }
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BUCKETS = {  # upper bounds of the histograms' buckets (+Inf added)
@@ -190,6 +197,16 @@ class ServerMetrics:
         with self._lock:
             for key in INDEX_GAUGES:
                 self.values[f"draft_index_{key}"] = float(memory[key])
+
+    def observe_draft_sources(self, report: dict | None) -> None:
+        """A hybrid draft's `report()` as of now ({source: counts}; None: the draft has one source)."""
+        if report is None:
+            return
+        with self._lock:
+            for key in SOURCE_COUNTERS:
+                self.values[f"draft_source_{key}_total"] = {
+                    (source,): counts[key] for source, counts in report.items() if isinstance(counts, dict)
+                }
 
     def count_learner_error(self) -> None:
         with self._lock:

@@ -138,6 +138,12 @@ class Worker:
         draft = self.pipe.draft
         return draft.memory() if isinstance(draft, CountingDraft) else None
 
+    def draft_sources(self) -> dict | None:
+        """A hybrid draft's per-source counts now (drafts/source_gate.py), None for other drafts. Read without the
+        draft lock, as `draft_memory`: counters the decoding thread increments."""
+        report = getattr(self.pipe.draft, "report", None)
+        return report() if report is not None else None
+
     def draft_info(self) -> dict:
         """Which draft is live: its round and a digest of its trainable weights (blocks briefly; use a thread)."""
         draft = self.pipe.draft
