@@ -32,7 +32,6 @@ METHOD_ONLINE_FIELDS = (
     "mask_oov",
     "loss_after",
     "prompt_positions",
-    "feature_memory",
 )
 
 

@@ -3,8 +3,6 @@
 Per verify step (every proposed token is still verified by the target, so the output stays the target's):
 - ask the lookup draft (drafts/lookup.py: the longest suffix match in this request, then in earlier traffic) for
   up to k tokens from a match of at least `min_match` tokens; if it proposes any, verify those;
-- otherwise ask the feature memory (drafts/feature_memory.py: earlier traffic recalled by the target's features,
-  empty until online learning fills it) for the continuation of its nearest entry, up to k tokens;
 - otherwise ask the head draft (by default the EAGLE head bundled for the target) for min(k, head_k) tokens.
 A lookup match is often right for a long span (code and text that copy earlier text), a head's guesses fade with
 depth, and a verify over more positions costs more: so k caps the lookup's chain and `head_k` (HEAD_K) the head's.
@@ -20,17 +18,15 @@ quick preset with `ogd`, shared matches from 2 tokens on cost tau where the head
 1.818 / 1.037x).
 
 Earlier traffic is gated (drafts/source_gate.py): every proposal is scored one step later by how far the target
-committed it, per source (this request's text, earlier traffic's index, the feature memory, the head), and earlier
-traffic (index or memory) drafts only while its recent score is at least the head's, so a new domain that earlier
-traffic does not resemble falls back to the head. `report()` gives the per-source counts (the bench saves them per
-round).
+committed it, per source (this request's text, earlier traffic, the head), and the shared index drafts only while
+its recent score is at least the head's, so a new domain that earlier traffic does not resemble falls back to the
+head. `report()` gives the per-source counts (the bench saves them per round).
 
 Both drafts keep their request state: the head is told every committed token and the target's features at every
 `commit`, whichever draft proposed (an EAGLE head feeds the features it has not seen at its next proposal).
 Online learning (online/hybrid_session.py) trains both parts: the head by gradient (the hybrid is a
-`TrainableDraft` through it) and, without gradients, the lookup's shared index of earlier traffic and the feature
-memory (a `CountingDraft` through it), so text the server has seen before is drafted by lookup in later requests
-and text like it by the memory. Chains only: the head
+`TrainableDraft` through it) and the lookup's shared index of earlier traffic by counting (a `CountingDraft`
+through it), so text the server has seen before is drafted by lookup in later requests. Chains only: the head
 alone drafts trees (`--draft eagle --tree ...`).
 """
 
@@ -42,10 +38,9 @@ from dataclasses import replace
 import torch
 
 from onlinespec.decoding.draft import Proposal
-from onlinespec.decoding.sampling import SamplingConfig, probs_from_logits
+from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.decoding.tree import TreeConfig, TreeProposal
 from onlinespec.drafts.causal_lm import target_vocab_size
-from onlinespec.drafts.feature_memory import FeatureMemory
 from onlinespec.drafts.head_draft import HeadDraft
 from onlinespec.drafts.lookup import LookupDraft
 from onlinespec.drafts.registry import DraftSpec, make_draft
@@ -60,7 +55,6 @@ SHARED_MIN_MATCH = 4  # the shortest match in EARLIER traffic's index (online le
 HEAD_K = 2  # the head's chain length: the bundled EAGLE head's fastest k (README)
 HEAD_MIN_CONFIDENCE = 0.2  # cut the head's chain before a token whose estimated acceptance falls below this
 DEFAULT_HEAD = "eagle"
-MEMORY_PREFIX = "memory."  # the feature memory's tensors among the index's in a saved state
 GREEDY = SamplingConfig()  # the shared index's held-back proposal is its most frequent continuation (no draw)
 
 
@@ -77,7 +71,6 @@ class HybridDraft:
         head_k: int = HEAD_K,
         head_min_confidence: float = HEAD_MIN_CONFIDENCE,
         gate_shared: bool = True,
-        memory: FeatureMemory | None = None,
     ) -> None:
         self.lookup = lookup
         self.head = head
@@ -87,9 +80,6 @@ class HybridDraft:
         self.wants_target_hidden = head.wants_target_hidden
         self.feature_layers = head.feature_layers
         self.gate = SourceGate(enabled=gate_shared)
-        self.feature_memory = memory  # None: no memory source (a draft built without one)
-        self._last_feature: torch.Tensor | None = None  # [F] the target's features at the newest fed position
-        self._features_seen = 0  # positions whose features the draft was given in this request
 
     @property
     def steps(self) -> dict[str, int]:
@@ -107,23 +97,14 @@ class HybridDraft:
         self.lookup.begin(prompt_ids)
         self.head.begin(prompt_ids, features)
         self.gate.forget()
-        self._last_feature, self._features_seen = None, 0
-        self._see(features)
-
-    def _see(self, features: torch.Tensor | None) -> None:
-        """Keep the newest position's features [F] (the memory's query) out of features [n, F]."""
-        if features is not None and features.shape[0]:
-            self._last_feature = features[-1]
-            self._features_seen += features.shape[0]
 
     def propose(
         self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
     ) -> Proposal:
         """ids [L] committed tokens -> the lookup's proposal (1..k tokens) if it matches (earlier traffic's only
-        while the gate is open), else the feature memory's (while open), else the head's min(k, head_k). The gate
-        is decided before anything is drawn."""
+        while the gate is open), else the head's min(k, head_k). The gate is decided before anything is drawn."""
         self.gate.settle(ids)
-        shared_open = self.gate.is_open("shared")
+        shared_open = self.gate.shared_open()
         proposal = self.lookup.propose(ids, k, sampling, generator, use_shared=shared_open)
         if proposal.tokens.numel():
             self.gate.proposed(self.lookup.last_source, ids, proposal.tokens, drafted=True)
@@ -132,32 +113,9 @@ class HybridDraft:
             held_back = self.lookup.propose(ids, k, GREEDY, None)
             if held_back.tokens.numel() and self.lookup.last_source == "shared":
                 self.gate.proposed("shared", ids, held_back.tokens, drafted=False)
-        recalled = self._recall(ids, k)
-        if recalled:
-            if self.gate.is_open("memory"):
-                self.gate.proposed("memory", ids, torch.tensor(recalled), drafted=True)
-                return self._memory_proposal(recalled, sampling)
-            self.gate.proposed("memory", ids, torch.tensor(recalled), drafted=False)
         proposal = self.head.propose(ids, min(k, self.head_k), sampling, generator)
         self.gate.proposed("head", ids, proposal.tokens, drafted=True)
         return replace(self._confident_prefix(proposal), source="head")
-
-    def _recall(self, ids: torch.Tensor, k: int) -> list[int]:
-        """The feature memory's continuation for the committed ids [L]: its query is the target's features at
-        position L-2 and the token x_{L-1} (what an EAGLE head's first step reads); [] without a match."""
-        memory = self.feature_memory
-        if memory is None or not len(memory) or self._features_seen != ids.shape[0] - 1:
-            return []
-        return memory.recall(self._last_feature, int(ids[-1]), k)[0]
-
-    def _memory_proposal(self, tokens: list[int], sampling: SamplingConfig) -> Proposal:
-        """A recalled continuation as a Proposal: q is one-hot on each token (a deterministic draft, decided from
-        past traffic and the committed context), so greedy and exact sampling both verify it as drafted."""
-        n = len(tokens)
-        logits = torch.full((n, self.lookup.vocab), -torch.inf)  # [n, V]
-        logits[torch.arange(n), torch.tensor(tokens)] = 0.0
-        probs = None if sampling.greedy else probs_from_logits(logits, sampling)
-        return Proposal(tokens=torch.tensor(tokens, dtype=torch.long), logits=logits, probs=probs, source="memory")
 
     def _confident_prefix(self, proposal: Proposal) -> Proposal:
         """The head's chain up to (not including) the first token i where prod_{j<i} q_j(x_j) * max q_i falls below
@@ -182,7 +140,6 @@ class HybridDraft:
         """Both drafts learn what was committed (the head its features, whoever proposed)."""
         self.lookup.commit(num_accepted)
         self.head.commit(num_accepted, features)
-        self._see(features)
 
     # --- TrainableDraft (online/trainable_draft.py) and TargetReadout: the head is what learns -----------------
     @property
@@ -203,40 +160,20 @@ class HybridDraft:
         return self.head.target_logits(features)
 
     # --- CountingDraft (online/counting_draft.py): the lookup's shared index is what counts ---------------------
-    # The feature memory learns with the index: its tensors go under MEMORY_PREFIX, its description under "memory".
-    def learn(
-        self, requests: list[torch.Tensor], features: list[torch.Tensor | None] | None = None
-    ) -> dict[str, float]:
-        """requests: committed ids [L] each; features: the target's features of their positions [>= L-1, F] each
-        (None: the memory learns nothing, e.g. `feature_memory` off)."""
-        telemetry = self.lookup.learn(requests)
-        memory = self.feature_memory
-        if memory is not None and features is not None:
-            evicted = memory.evicted
-            added = sum(memory.add(ids, f) for ids, f in zip(requests, features, strict=True) if f is not None)
-            telemetry |= {"memory_added": added, "memory_evicted": memory.evicted - evicted, **memory.memory()}
-        return telemetry
+    def learn(self, requests: list[torch.Tensor]) -> dict[str, float]:
+        return self.lookup.learn(requests)
 
     def memory(self) -> dict[str, float]:
-        return {**self.lookup.memory(), **(self.feature_memory.memory() if self.feature_memory else {})}
+        return self.lookup.memory()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = self.lookup.state_tensors()
-        if self.feature_memory is not None and len(self.feature_memory):
-            tensors |= {MEMORY_PREFIX + n: t for n, t in self.feature_memory.state_tensors().items()}
-        return tensors
+        return self.lookup.state_tensors()
 
     def describe(self) -> dict:
-        info = self.lookup.describe()
-        return info if self.feature_memory is None else {**info, "memory": self.feature_memory.describe()}
+        return self.lookup.describe()
 
     def load_state(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
-        """The index, then the memory (a state saved before the memory existed, or with it empty, has none)."""
-        memory = {n[len(MEMORY_PREFIX) :]: t for n, t in tensors.items() if n.startswith(MEMORY_PREFIX)}
-        index = {n: t for n, t in tensors.items() if not n.startswith(MEMORY_PREFIX)}
-        if memory and self.feature_memory is not None:
-            self.feature_memory.load_state(memory, info.get("memory", {}))  # checked first: a refusal changes nothing
-        self.lookup.load_state(index, {k: v for k, v in info.items() if k != "memory"})
+        self.lookup.load_state(tensors, info)
 
 
 def make_hybrid_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> HybridDraft:
@@ -251,5 +188,4 @@ def make_hybrid_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> Hybri
     lookup = LookupDraft(
         target_vocab_size(target), min_ngram=MIN_MATCH, shared_min_ngram=SHARED_MIN_MATCH, tokenizer=target.tokenizer
     )
-    memory = FeatureMemory(target.model.config.hidden_size)
-    return HybridDraft(lookup, head, name=spec.text, memory=memory)
+    return HybridDraft(lookup, head, name=spec.text)

@@ -1,9 +1,8 @@
 """The hybrid draft's sources, how often each was right, and the gate that stops earlier traffic drafting badly.
 
-The hybrid (drafts/hybrid.py) drafts each verify step from one of four sources:
+The hybrid (drafts/hybrid.py) drafts each verify step from one of three sources:
 - `request`: this request's own text (prompt lookup), the lookup draft's request index;
 - `shared`: earlier traffic, the lookup draft's shared index (filled by the `count` learner, or restored);
-- `memory`: earlier traffic recalled by the target's features (drafts/feature_memory.py; learned with the index);
 - `head`: the head draft (by default the bundled EAGLE head).
 Every proposal is scored one step later, when the committed tokens are known: its score is the length of its
 longest prefix equal to the tokens the target committed after it (at most the number committed). In greedy
@@ -11,14 +10,13 @@ decoding that is the number of its tokens the target accepts when all are verifi
 cost rule cut; with sampling it is an estimate. The head is scored on its chain before the hybrid's confidence
 cut, so the score measures each source's guesses, not the cuts applied to them.
 
-The gate: each source of earlier traffic (GATED: the shared index, the feature memory) drafts only while its recent
-score is at least the head's (each an exponential moving average with weight 1 - RECENT_DECAY on the newest score,
-about the last ten proposals). Earlier traffic helps where the new requests resemble it and costs accepted tokens
-where they do not (a new domain: measured in docs/benchmarks.md, issue 11), where the head would have drafted.
-While closed, the source's proposal is still computed (greedy: a few dict look-ups, or one small matrix product)
-and scored against what the target committed, so the gate reopens when earlier traffic becomes right again. The
-gate reads past steps only, never the tokens about to be drawn, so exact speculative sampling holds whichever
-source drafts.
+The gate: each source of earlier traffic (GATED: the shared index) drafts only while its recent score is at least
+the head's (each an exponential moving average with weight 1 - RECENT_DECAY on the newest score, about the last
+ten proposals). Earlier traffic helps where the new requests resemble it and costs accepted tokens where they do
+not (a new domain: measured in docs/benchmarks.md, issue 11), where the head would have drafted. While closed,
+the source's proposal is still computed (greedy: a few dict look-ups) and scored against what the target
+committed, so the gate reopens when earlier traffic becomes right again. The gate reads past steps only, never the
+tokens about to be drawn, so exact speculative sampling holds whichever source drafts.
 """
 
 from __future__ import annotations
@@ -27,8 +25,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-SOURCES = ("request", "shared", "memory", "head")
-GATED = ("shared", "memory")  # earlier traffic: drafts only while it does at least as well as the head
+SOURCES = ("request", "shared", "head")
+GATED = ("shared",)  # earlier traffic: drafts only while it does at least as well as the head
 RECENT_DECAY = 0.9  # the weight of the previous recent score; the newest gets 1 - RECENT_DECAY
 
 

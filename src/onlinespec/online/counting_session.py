@@ -2,8 +2,7 @@
 
 Same surface and bookkeeping as `OnlineLearning` (rounds, records, `private()`, snapshots, `status()`, `close()`);
 only the hooks differ:
-- feedback: each learned request's committed tokens (online/committed_text.py), nothing else; for a hybrid draft
-  with `feature_memory` on, the target's features of those positions too (its feature memory learns from them);
+- feedback: each learned request's committed tokens (online/committed_text.py), nothing else;
 - update: `draft.learn(requests)` at the round boundary, on the caller's thread whatever the schedule says. It is a
   few dict inserts per token (milliseconds a round), and proposals read the index it writes: a background thread
   would race with them. Nothing to publish: the draft is changed in place, between requests only;
@@ -44,12 +43,11 @@ class CountingLearning(OnlineLearning):
         super().__init__(engine, replace(cfg, learner=learner, schedule="sync"))
 
     def _attach(self, draft: CountingDraft) -> CommittedText:
-        self._text = CommittedText(self._cfg.max_positions, keep_features=learns_features(draft, self._cfg))
-        return self._text
+        return CommittedText(self._cfg.max_positions)
 
     def _update(self, examples: list[torch.Tensor]) -> dict:
         tic = time.perf_counter()
-        telemetry = learn_counts(self._draft, examples, self._text.drained_features)
+        telemetry = self._draft.learn(examples)
         elapsed = time.perf_counter() - tic
         self._update_s += elapsed
         return {**telemetry, "update_s": elapsed}
@@ -85,18 +83,6 @@ class CountingLearning(OnlineLearning):
                 "--draft-state directory"
             )
         load_counting_state(self._draft, tensors, info["counting"], directory)
-
-
-def learns_features(draft: CountingDraft, cfg: OnlineConfig) -> bool:
-    """Does the draft learn from the target's features too (a hybrid's feature memory, unless turned off)?"""
-    return cfg.feature_memory and getattr(draft, "feature_memory", None) is not None
-
-
-def learn_counts(
-    draft: CountingDraft, requests: list[torch.Tensor], features: list[torch.Tensor | None] | None
-) -> dict[str, float]:
-    """`draft.learn`, with the requests' features when there are any (only drafts with a feature memory take them)."""
-    return draft.learn(requests) if features is None else draft.learn(requests, features)
 
 
 def load_counting_state(draft: CountingDraft, tensors: dict[str, torch.Tensor], info: dict, directory: str) -> None:

@@ -3,8 +3,7 @@ counting. `Pipeline.enable_learning` picks it for a draft that is both a `Traina
 
 Everything of `OnlineLearning` (online/session.py) holds for the head: feedback buffer, learner, schedule,
 replay, prompt positions, publication. On top of it, for the index (as online/counting_session.py does it):
-- feedback: each learned request's committed tokens too (online/committed_text.py), and the target's features of
-  those positions for its feature memory (unless `feature_memory` is off); private requests give none;
+- feedback: each learned request's committed tokens too (online/committed_text.py); private requests give none;
 - update: `draft.learn(requests)` at every round boundary on the decoding thread, before the head's update and
   before the snapshot, whatever the schedule (proposals read the index: a background thread would race with them);
   its time counts in the round's update time;
@@ -23,7 +22,7 @@ import torch
 from onlinespec.errors import UserError
 from onlinespec.online.committed_text import CommittedText
 from onlinespec.online.counting_draft import COUNT
-from onlinespec.online.counting_session import INDEX_PREFIX, learn_counts, learns_features, load_counting_state
+from onlinespec.online.counting_session import INDEX_PREFIX, load_counting_state
 from onlinespec.online.feedback_buffer import FeedbackBuffer
 from onlinespec.online.session import OnlineLearning
 
@@ -32,7 +31,7 @@ class HybridLearning(OnlineLearning):
     """A learning session for a draft that is both trainable (its head) and counting (its lookup index)."""
 
     def _attach(self, draft) -> FeedbackBuffer:
-        self._committed = CommittedText(self._cfg.max_positions, keep_features=learns_features(draft, self._cfg))
+        self._committed = CommittedText(self._cfg.max_positions)
         return super()._attach(draft)
 
     def _on_feedback(self, record) -> None:
@@ -42,8 +41,7 @@ class HybridLearning(OnlineLearning):
 
     def _boundary_update(self) -> dict:
         tic = time.perf_counter()
-        requests = self._committed.drain()
-        telemetry = learn_counts(self._draft, requests, self._committed.drained_features)
+        telemetry = self._draft.learn(self._committed.drain())
         elapsed = time.perf_counter() - tic
         self._update_s += elapsed
         return {**telemetry, "index_update_s": elapsed}

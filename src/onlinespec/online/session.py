@@ -75,9 +75,6 @@ class OnlineConfig:
     # Also learn from the last N prompt positions of each request, p read off the target's prefill features
     # (online/prompt_feedback.py; feature-level head drafts only). 0 = verified positions only.
     prompt_positions: int = 0
-    # A hybrid draft's feature memory (drafts/feature_memory.py) learns with its n-gram index, without gradients,
-    # from the target's features of each learned request. False: the index alone (the memory stays as it is).
-    feature_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -52,7 +52,7 @@ HELP = {  # every family /metrics shows, in order; a name ending in _total is a 
     "draft_index_entries": "Lookup draft: (context, next token) entries in its cross-request n-gram index.",
     "draft_index_max_entries": "Lookup draft: the cap on those entries (least recently learned evicted first).",
     "draft_index_bytes": "Lookup draft: approximate bytes the index holds.",
-    # the hybrid draft's sources (drafts/source_gate.py), since the server started: request, shared, memory, head
+    # the hybrid draft's sources (drafts/source_gate.py), since the server started: request, shared, head
     "draft_source_steps_total": "Hybrid draft: verify steps each source drafted.",
     "draft_source_scored_total": "Hybrid draft: proposals scored one step later (drafted, or held back by the gate).",
     "draft_source_first_right_total": "Hybrid draft: scored proposals whose first token the target committed.",
