@@ -33,3 +33,20 @@ def test_writers_of_the_same_measurement_at_once_never_clash(tmp_path) -> None:
     assert saved is not None and len(saved["pad"]) == 20_000
     left = list((tmp_path / "verify_cost").iterdir())
     assert len(left) == 1 and left[0].suffix == ".json"  # no temporary file left behind
+
+
+def test_a_measurement_from_another_cpu_of_the_same_name_is_not_read(tmp_path, monkeypatch) -> None:
+    """Cloud Xeons of different generations all call themselves "Intel(R) Xeon(R) Processor": the key holds the
+    CPU's signature too (family/model/stepping, cache, cores, a digest of its feature flags)."""
+    import os
+
+    from onlinespec.models import machine_cache
+
+    model = tiny_llama(layers=1)
+    here = machine_cache.cpu_signature()
+    assert f"{os.cpu_count()} cpus" in here and "flags " in here
+    write_measurement(tmp_path, "verify_cost", model, {"curve": [1.0, 1.7]})
+    monkeypatch.setattr(machine_cache, "cpu_signature", lambda: here.replace("flags ", "flags other-"))
+    assert read_measurement(tmp_path, "verify_cost", model) is None
+    monkeypatch.setattr(machine_cache, "cpu_signature", lambda: here)
+    assert read_measurement(tmp_path, "verify_cost", model)["curve"] == [1.0, 1.7]

@@ -1,7 +1,11 @@
 """Measurements of how fast this machine runs a model, cached on disk so each is made once.
 
 A measurement (the verify-cost curve, the faster weight layout) holds for one model config, dtype, torch thread
-count, CPU and torch version: those make its key, plus whatever the caller adds (`extra`). Files live under
+count, CPU and torch version: those make its key, plus whatever the caller adds (`extra`). The CPU is its name AND
+its signature (`cpu_signature`: vendor, family/model/stepping, cache size, core count and a digest of its feature
+flags): cloud machines of different generations report the same name ("Intel(R) Xeon(R) Processor"), and a curve
+measured on a Xeon without bf16 instructions was read back on one with AMX, where it was wrong by 1.5-2x at 2-5
+tokens (docs/benchmarks.md). Files live under
 `cache_dir/<kind>/<hash of the key>.json` and are written atomically (a temporary file of the writer's own, then
 a rename), so processes measuring the same model at once (two servers starting, test workers) never clash.
 `measurements_dir()` is where they go: `$ONLINESPEC_MEASUREMENTS`, else the model cache (the test suite points it
@@ -36,6 +40,7 @@ def machine_key(model: torch.nn.Module, extra: dict | None = None) -> dict:
         "dtype": str(next(model.parameters()).dtype),
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
+        "cpu_signature": cpu_signature(),
         "torch": torch.__version__,
         **(extra or {}),
     }
@@ -64,6 +69,24 @@ def write_measurement(
     path = _path(cache_dir, kind, key)
     write_text_atomic(path, json.dumps({**record, "key": {**key, "config": "(hashed)"}}))
     return path
+
+
+def cpu_signature() -> str:
+    """What tells two CPUs of the same name apart: "vendor family/model/stepping, cache, N cpus, flags <sha256[:12]>"
+    from /proc/cpuinfo (on other systems: the platform's processor string and the core count)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in ("vendor_id", "cpu family", "model", "stepping", "cache size", "flags") and name not in fields:
+                fields[name] = value.strip()
+    except OSError:
+        pass
+    flags = hashlib.sha256(" ".join(sorted(fields.get("flags", "").split())).encode()).hexdigest()[:12]
+    identity = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    vendor = fields.get("vendor_id", platform.processor())
+    return f"{vendor} {identity}, {fields.get('cache size', '?')}, {os.cpu_count()} cpus, flags {flags}"
 
 
 def cpu_name() -> str:
