@@ -172,3 +172,28 @@ def test_earlier_traffic_drafts_only_from_a_full_length_match() -> None:
     assert lookup.propose(torch.tensor([9, 9, 3, 4]), 3, GREEDY, None).tokens.numel() == 0  # only (3, 4) matches
     lookup.begin(torch.tensor([9, 1, 2, 3, 4]))
     assert lookup.propose(torch.tensor([9, 1, 2, 3, 4]), 3, GREEDY, None).tokens.tolist() == [5, 6, 7]
+
+
+def test_round_records_and_telemetry_say_which_source_drafted(tmp_path: Path) -> None:
+    """Each round record carries what each source drafted in that round (the report's difference since the last
+    boundary), and `--telemetry` writes it: the repeated request drafts from earlier traffic in round 2 only."""
+    import json
+
+    target = tiny_llama(seed=8)
+    engine = SpeculativeEngine(target, hybrid(target, seed=8))
+    telemetry = tmp_path / "rounds.jsonl"
+    online = CountingLearning(engine, OnlineConfig(learner="count", round_requests=1, telemetry=str(telemetry)))
+    prompt = prompts(1)[0]
+    records = []
+    for _ in range(2):
+        _, stats = run_spec(engine, prompt, GEN)
+        records.append(online.after_request(stats))
+    first, second = (r["sources"] for r in records)
+    assert set(first) == {"request", "shared", "head"} and first["shared"]["steps"] == 0 and first["head"]["steps"] > 0
+    assert second["shared"]["steps"] > 0, second
+    report = engine.draft.report()
+    for source in first:  # the rounds' counts add up to the draft's totals
+        for key in ("steps", "scored", "first_right", "matched", "held_back"):
+            assert first[source][key] + second[source][key] == report[source][key]
+    lines = [json.loads(line) for line in telemetry.read_text().splitlines()]
+    assert [line["sources"] for line in lines] == [first, second]

@@ -26,6 +26,7 @@ from onlinespec.bench.prompts import Prompt, Stream
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
+from onlinespec.drafts.source_gate import counts_between, source_counts
 from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
 from onlinespec.models.weight_layout import weight_layout
@@ -39,7 +40,6 @@ WARMUP_TOKENS = 4  # one untimed request per method before timing, so start-up c
 REFERENCE = "ar"  # plain autoregressive decoding: the speedup reference and the greedy-equality reference
 METHODS = (REFERENCE, *LEARNERS, COUNT)  # the plain names; a learner may also carry settings (bench/methods.py)
 _PER_METHOD = ("learner", "round_requests", "round_tokens", "state_dir", "save_every", "telemetry")
-SOURCE_COUNTS = ("steps", "scored", "first_right", "matched", "held_back")  # a hybrid's per-source counts
 # Fields of the online session's round record that the benchmark's own round record replaces.
 _SESSION_FIELDS = {"round", "learner", "requests", "tokens", "tau", "alpha", "decode_s", "update_blocking_s"}
 
@@ -159,21 +159,6 @@ def round_stats(record: dict) -> RequestStats:
 def tokens_per_s_incl_update(total: RequestStats, update_s: float) -> float:
     """New tokens per second of decoding plus the time decoding waited for the learner."""
     return total.new_tokens / (total.wall_s + update_s) if total.wall_s + update_s else 0.0
-
-
-def source_counts(pipe: Pipeline) -> dict[str, dict[str, int]]:
-    """The draft's cumulative per-source counts (a hybrid's `report()`, drafts/source_gate.py), {} for other drafts:
-    {source: {steps, scored, first_right, matched, held_back}}."""
-    report = getattr(pipe.draft, "report", None)
-    if report is None:
-        return {}
-    scores = report()
-    return {s: {k: v[k] for k in SOURCE_COUNTS} for s, v in scores.items() if isinstance(v, dict)}
-
-
-def counts_between(now: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """now - before, per source and count (a round's share of `source_counts`)."""
-    return {s: {k: v - before.get(s, {}).get(k, 0) for k, v in counts.items()} for s, counts in now.items()}
 
 
 def round_record(
@@ -321,7 +306,7 @@ class BenchRunner:
         requests: dict[str, list[RequestStats]] = {m: [] for m in s.methods}  # this round's, per method
         learned: dict[str, dict] = {}  # the learner's round record, per method whose session ended a round
         domains: list[str] = []
-        sources_before = {m: source_counts(p) for m, p in pipes.items()}  # after the untimed warm-up request
+        sources_before = {m: source_counts(p.draft) for m, p in pipes.items()}  # after the untimed warm-up request
         started, elapsed_before = time.perf_counter(), progress["elapsed_s"]
         bar = tqdm(
             total=len(prompts),
@@ -352,7 +337,7 @@ class BenchRunner:
                     update_s, learner = _learner_telemetry(learned[method]) if method in learned else (0.0, {})
                     total = RequestStats.total(requests[method])
                     first = index + 1 - total.requests
-                    now = source_counts(pipe)
+                    now = source_counts(pipe.draft)
                     sources = counts_between(now, sources_before[method])
                     sources_before[method] = now
                     records.append(round_record(method, round_no, first, domains, total, update_s, learner, sources))

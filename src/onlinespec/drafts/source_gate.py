@@ -27,6 +27,7 @@ import torch
 
 SOURCES = ("request", "shared", "head")
 GATED = ("shared",)  # earlier traffic: drafts only while it does at least as well as the head
+COUNTS = ("steps", "scored", "first_right", "matched", "held_back")  # SourceScore's counts, summed over rounds
 RECENT_DECAY = 0.9  # the weight of the previous recent score; the newest gets 1 - RECENT_DECAY
 
 
@@ -102,3 +103,18 @@ class SourceGate:
     def report(self) -> dict:
         """{source: SourceScore.to_dict()} and held_back (the shared index's), for telemetry and benchmarks."""
         return {**{s: score.to_dict() for s, score in self.scores.items()}, "held_back": self.held_back}
+
+
+def source_counts(draft: object) -> dict[str, dict[str, int]]:
+    """A draft's cumulative per-source counts, {source: {COUNTS}} (a hybrid's `report()`); {} for a draft with one
+    source. Two readings' difference (`counts_between`) is what a round drafted: the bench's rounds.jsonl and the
+    learner session's round records (`--telemetry`) keep it as `sources`."""
+    report = getattr(draft, "report", None)
+    if report is None:
+        return {}
+    return {s: {k: v[k] for k in COUNTS} for s, v in report().items() if isinstance(v, dict)}
+
+
+def counts_between(now: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """now - before, per source and count."""
+    return {s: {k: v - before.get(s, {}).get(k, 0) for k, v in counts.items()} for s, counts in now.items()}

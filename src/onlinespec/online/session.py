@@ -28,6 +28,7 @@ import torch
 
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.metrics import RequestStats
+from onlinespec.drafts.source_gate import counts_between, source_counts
 from onlinespec.errors import UserError
 from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.draft_objective import DraftObjective, training_copy
@@ -137,6 +138,7 @@ class OnlineLearning:
         self._counters = RequestStats.zero()  # the open round's requests, summed
         self._update_s = 0.0  # all update time so far (sync: on the decoding path; overlap: in the background)
         self._history: list[dict] = []
+        self._sources_seen = source_counts(self._draft)  # a hybrid's per-source counts at the last boundary
         self._last_saved_round: int | None = None
         self._pending: threading.Thread | None = None
         self._pending_result: dict = {}
@@ -249,6 +251,9 @@ class OnlineLearning:
             # the learner's own round count must not overwrite ours: in "overlap" it lags by one
             **{("updated_round" if key == "round" else key): value for key, value in result.items()},
         }
+        if sources := source_counts(self._draft):  # what each source of a hybrid draft drafted in this round
+            record["sources"] = counts_between(sources, self._sources_seen)
+            self._sources_seen = sources
         self._history.append(record)
         if self._cfg.telemetry:
             with open(self._cfg.telemetry, "a") as fh:
