@@ -197,3 +197,20 @@ def test_round_records_and_telemetry_say_which_source_drafted(tmp_path: Path) ->
             assert first[source][key] + second[source][key] == report[source][key]
     lines = [json.loads(line) for line in telemetry.read_text().splitlines()]
     assert [line["sources"] for line in lines] == [first, second]
+
+
+def test_a_restored_session_continues_the_engines_acceptance_rates(tmp_path: Path) -> None:
+    """The verify-cost rule's per-source acceptance rates are saved with the draft state and restored with it, so
+    a restarted server cuts proposals as the one it replaces did (not from no observations)."""
+    state = str(tmp_path / "state")
+    _, engine, online = learning(state_dir=state)
+    for p in prompts(2):
+        _, stats = run_spec(engine, p, GEN)
+        online.after_request(stats)
+    online.close()
+    saved = engine.acceptance.to_dict()
+    assert set(saved["sources"]) >= {"head"} and any(saved["sources"]["head"]["reached"])
+    _, restored_engine, _ = learning(state_dir=state)
+    assert restored_engine.acceptance.to_dict() == saved
+    _, fresh_engine, _ = learning(state_dir=str(tmp_path / "empty"))
+    assert fresh_engine.acceptance.to_dict() == {"sources": {}}

@@ -127,6 +127,7 @@ class OnlineLearning:
 
     def __init__(self, engine: SpeculativeEngine, cfg: OnlineConfig) -> None:
         self._cfg = cfg
+        self._engine = engine
         self._draft = engine.draft
         # The static baseline decodes without learning: no buffer, no update, zero update time.
         self._learning = cfg.learner != "static"
@@ -378,7 +379,14 @@ class OnlineLearning:
         return state
 
     def _info(self) -> dict:
-        return {"round": self._round, "draft": self._draft.name, "config": _jsonable(asdict(self._cfg))}
+        """state.json's description of the snapshot; with it the engine's acceptance rates (what the verify-cost
+        rule learned about each source's proposals), so a restarted server cuts proposals as the one it replaces."""
+        return {
+            "round": self._round,
+            "draft": self._draft.name,
+            "config": _jsonable(asdict(self._cfg)),
+            "acceptance": self._engine.acceptance.to_dict(),
+        }
 
     def _save_in_background(self, directory: str) -> None:
         """Copy the state now (no update is in flight, so it is consistent) and write it in a thread; one write
@@ -422,6 +430,8 @@ class OnlineLearning:
             return
         tensors, learner_state, info = loaded
         self._load(tensors, learner_state, info, directory)
+        if "acceptance" in info:  # snapshots written before the rates were saved start them afresh
+            self._engine.acceptance.load_dict(info["acceptance"])
         self._round = int(info["round"])
         self._last_saved_round = self._last_good_round = self._round
         self._publish()
