@@ -120,7 +120,7 @@ def test_a_seed_makes_sampling_repeatable_and_another_seed_changes_it() -> None:
 
 def test_generation_defaults_and_the_seed_range() -> None:
     cfg = GenerationConfig()
-    assert (cfg.max_new_tokens, cfg.k, cfg.seed, cfg.stop, DEFAULT_K) == (128, 2, 0, (), 2)
+    assert (cfg.max_new_tokens, cfg.k, cfg.seed, cfg.stop, DEFAULT_K) == (128, None, 0, (), 2)  # k: the draft's
     assert SEED_RANGE == (-(2**63), 2**64 - 1)
     for seed in SEED_RANGE:
         assert GenerationConfig(seed=seed).generator() is None  # accepted (greedy: no generator)

@@ -143,3 +143,24 @@ def test_the_engine_owns_its_seam() -> None:
     """decoding/ imports nothing from drafts/ (the Draft protocol lives in decoding/draft.py)."""
     for path in sorted((SRC / "decoding").glob("*.py")):
         assert not re.search(r"^\s*(from|import) onlinespec\.drafts", path.read_text(), re.M), path.name
+
+
+def test_each_kind_has_a_default_chain_length_the_engine_uses_when_a_request_gives_none() -> None:
+    """Lookup, hybrid and auto draft LOOKUP_K tokens unless told (the cost rule trims what does not pay), every
+    other kind DEFAULT_K; make_draft hands the kind's k to the draft, and the engine reads it for k = None."""
+    from onlinespec.decoding.config import DEFAULT_K, GenerationConfig
+    from onlinespec.decoding.engine import SpeculativeEngine
+
+    assert registry.LOOKUP_K == 7 and DEFAULT_K == 2
+    for spec in ("auto", "lookup", "lookup:3", "hybrid", "hybrid:eagle:fresh"):
+        assert registry.default_k(spec) == registry.LOOKUP_K, spec
+    for spec in ("eagle", "eagle:fresh", "medusa:fresh", "layerskip:2", "none", "some/model"):
+        assert registry.default_k(spec) == DEFAULT_K, spec
+    target = tiny_llama(seed=0)
+    loaded = LoadedModel(spec="tiny", model=target, tokenizer=None)
+    lookup = make_draft("lookup", loaded)
+    assert lookup.default_k == registry.LOOKUP_K and make_draft("layerskip:1", loaded).default_k == DEFAULT_K
+    engine = SpeculativeEngine(target, lookup)
+    assert engine.chain_length(GenerationConfig()) == 7 and engine.chain_length(GenerationConfig(k=3)) == 3
+    engine.draft = registry.load("onlinespec.drafts.lookup:LookupDraft")(96)  # built directly: no default_k
+    assert engine.chain_length(GenerationConfig()) == DEFAULT_K

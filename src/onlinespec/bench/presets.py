@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from onlinespec.drafts import DEFAULT_K
 from onlinespec.drafts.registry import parse_draft_spec
 from onlinespec.errors import UserError
 from onlinespec.online.counting_draft import COUNT
@@ -17,7 +16,7 @@ class Preset:
     max_new_tokens: int
     round_size: int  # requests per learning round
     methods: tuple[str, ...]
-    k: int  # drafted tokens per verify step: DEFAULT_K, the fastest with the bundled EAGLE head (README)
+    k: int | None  # drafted tokens per verify step; None = the draft's default (drafts/registry.py default_k)
     expected: str  # run time on the project's 2-core CPU, for the help text and README
 
     def to_dict(self) -> dict:
@@ -33,7 +32,7 @@ PRESETS = {
         max_new_tokens=32,
         round_size=4,
         methods=("ar", "static", COUNT, "ogd"),
-        k=DEFAULT_K,
+        k=None,
         expected="about 3 minutes",
     ),
     # 120 prompts (20 from each of six domains) x 96 tokens x 5 methods. Measured 34 min 25 s (README).
@@ -43,7 +42,7 @@ PRESETS = {
         max_new_tokens=96,
         round_size=8,
         methods=("ar", "static", "ogd", "optimistic", "ensemble"),
-        k=DEFAULT_K,
+        k=None,
         expected="about 35 minutes",
     ),
 }
@@ -75,7 +74,7 @@ PRESETS.update(
             max_new_tokens=40,
             round_size=4,
             methods=ADAPT_METHODS,
-            k=DEFAULT_K,
+            k=None,
             expected="about 40 minutes for 4 methods, longer for all 6 (measured on a shared machine)",
         ),
         # writingbench, summaries, math: 40 prompts (10 rounds of 4) each, 40 tokens, the same 6 methods.
@@ -85,7 +84,7 @@ PRESETS.update(
             max_new_tokens=40,
             round_size=4,
             methods=ADAPT_METHODS,
-            k=DEFAULT_K,
+            k=None,
             expected="over an hour (estimated from the adapt runs: 120 prompts)",
         ),
     }

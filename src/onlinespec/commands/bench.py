@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     presets = "\n".join(
         f"  {name}: {p.num_prompts} prompts of {p.stream}, {p.max_new_tokens} new tokens, rounds of {p.round_size},\n"
-        f"    methods {','.join(p.methods)}, k={p.k}; {p.expected} on 2 CPU cores"
+        f"    methods {','.join(p.methods)}, k={p.k or 'the draft default (7 for auto)'}; {p.expected} on 2 CPU cores"
         for name, p in PRESETS.items()
     )
     bench = subparsers.add_parser(
@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "LEARNER[-STEP][@FIELD=VALUE]..., e.g. ogd-adam@lr=5e-4 (default: the preset's)",
     )
     add_model_flags(bench)
-    add_draft_flags(bench, k_help="drafted tokens per verify step (default: the preset's)")
+    add_draft_flags(bench, k_help="drafted tokens per verify step (default: the draft's own, as for generate)")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="(default: the preset's)")
     bench.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     bench.add_argument("--seed", type=int, default=0, help="torch seed, recorded (default: %(default)s)")
@@ -81,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             action.help = "prompts per learning round, the same for every method (default: the preset's)"
 
 
-def _pick(flag: int | None, preset_value: int) -> int:
+def _pick(flag: int | None, preset_value: int | None) -> int | None:
     """A flag given on the command line wins over the preset (even 0, which is then reported as an error)."""
     return preset_value if flag is None else flag
 
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from onlinespec.bench.prompts import load_prompts, load_stream
     from onlinespec.bench.results import render_report
     from onlinespec.bench.runner import BenchSettings
+    from onlinespec.drafts.registry import default_k
 
     # Everything that needs no model is checked first, so a typo costs no loading time.
     if args.learner != "static":
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         stream=stream.name,
         max_new_tokens=_pick(args.max_new_tokens, preset.max_new_tokens),
         round_size=args.round_size,
-        k=_pick(args.k, preset.k),
+        k=_pick(args.k, preset.k) if args.k is not None or preset.k is not None else default_k(args.draft),
         preset=args.preset,
         target=args.target,
         draft=args.draft,

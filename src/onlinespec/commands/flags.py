@@ -31,15 +31,19 @@ def add_model_flags(parser: argparse.ArgumentParser, target_help: str = TARGET_H
         )
 
 
-def add_draft_flags(
-    parser: argparse.ArgumentParser, k_help: str = "drafted tokens per verify step (default: %(default)s)"
-) -> None:
+K_HELP = (
+    "drafted tokens per verify step (default: the draft's own: 7 for auto, lookup and hybrid, whose lookup chains "
+    "the verify-cost rule trims to what pays here; 2 for head drafts alone, layerskip and draft models)"
+)
+
+
+def add_draft_flags(parser: argparse.ArgumentParser, k_help: str = K_HELP) -> None:
     """--draft (a draft spec; its help comes from the draft registry) and --k."""
     from onlinespec.decoding.verify_cost import VERIFY_COST_MODES
-    from onlinespec.drafts import DEFAULT_DRAFT, DEFAULT_K, draft_spec_help
+    from onlinespec.drafts import DEFAULT_DRAFT, draft_spec_help
 
     parser.add_argument("--draft", default=DEFAULT_DRAFT, help=draft_spec_help())
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help=k_help)
+    parser.add_argument("--k", type=int, default=None, help=k_help)
     parser.add_argument(
         "--verify-cost",
         choices=VERIFY_COST_MODES,

@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             "target": args.target,
             "draft": draft,
             "mode": args.mode,
-            "k": args.k,
+            "k": pipe.engine.chain_length(cfg) if pipe.engine is not None else None,
             "dtype": args.dtype,
             "weight_layout": weight_layout(pipe.target.model),  # what --weight-layout chose
             "learner": args.learner,

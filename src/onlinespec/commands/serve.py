@@ -95,7 +95,7 @@ def check_flags(args: argparse.Namespace) -> None:
         "--checkpoint-every": args.checkpoint_every,
     }
     for flag, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:  # --k: None = the draft's default
             raise UserError(f"{flag} must be > 0, got {value}")
     if args.max_request_tokens < 0:
         raise UserError(f"--max-request-tokens must be >= 0 (0 = off), got {args.max_request_tokens}")

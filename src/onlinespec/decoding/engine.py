@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from onlinespec.decoding.autoregressive import choose_token
-from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.config import DEFAULT_K, GenerationConfig
 from onlinespec.decoding.draft import Draft
 from onlinespec.decoding.feedback import FeedbackListener, FeedbackRecord
 from onlinespec.decoding.kv_cache import new_cache, rollback
@@ -56,6 +56,11 @@ class SpeculativeEngine:
             output_hidden_states=self.draft.wants_target_hidden,
             **tree_inputs,
         )
+
+    def chain_length(self, cfg: GenerationConfig) -> int:
+        """k for a chain: the request's, else the draft's own default (`default_k`, set by drafts/registry.py
+        make_draft from its kind; DEFAULT_K for a draft built without it)."""
+        return cfg.k if cfg.k is not None else getattr(self.draft, "default_k", DEFAULT_K)
 
     @torch.inference_mode()
     def stream(
@@ -101,7 +106,7 @@ class SpeculativeEngine:
         step = 0
         while not stop.finished:
             tree = cfg.tree.kind != "chain"
-            k = min(cfg.tree.depth if tree else cfg.k, stop.remaining - 1)  # never draft past the token budget
+            k = min(cfg.tree.depth if tree else self.chain_length(cfg), stop.remaining - 1)  # never past the budget
             if k == 0:
                 new_ids = self._plain_step(ids, length, cache, cfg, generator, stats)
             elif tree:

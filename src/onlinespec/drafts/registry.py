@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from onlinespec.decoding.config import DEFAULT_K
 from onlinespec.drafts.bundled import has_bundled_head
 from onlinespec.errors import UserError
 
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
 # 1.30x our autoregressive path, the EAGLE head alone 0.93x, lookup k = 4 1.21x; layerskip:4 (the fallback
 # before) 0.78x at its best (benchmarks/bench_drafts.py).
 DEFAULT_DRAFT = "auto"
+# The lookup and hybrid drafts' default k: the verify-cost rule trims each proposal to what pays on this machine,
+# and the hybrid caps the head's chain at HEAD_K (2) whatever k is, so k only lets lookup matches run longer.
+# Measured against k = 2 (docs/benchmarks.md): math adaptation stream tau 2.065 vs 1.707 (frozen) and 2.479 vs
+# 1.866 (count); bench_vs_hf.py 1.07x (fp32) and 1.22-1.25x (bf16) on an AMX Xeon, about even on the AMD EPYC.
+LOOKUP_K = 7
 FALLBACK_DRAFT = "lookup"
 MODEL = ""  # the name of the entry that takes every spec no named kind claims
 HEAD_BUILDER = "onlinespec.drafts.heads:build_head_draft"
@@ -60,6 +66,7 @@ class DraftKind:
     draft: str | None = None  # head kinds: "module:DraftClass"
     # How its drafts learn online: GRADIENT (ogd, optimistic, ensemble, ...) and/or COUNTING (the `count` learner)
     learns: tuple[str, ...] = ("gradient",)
+    k: int = DEFAULT_K  # its drafts' chain length when neither --k nor the request gives one
 
     def build(self, spec: DraftSpec, target: LoadedModel, dtype: str) -> Draft | None:
         if self.builder is None:
@@ -99,6 +106,7 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         "hybrid (prompt lookup + the EAGLE head bundled for the target) if a head is bundled, else lookup",
         _auto,
         learns=("gradient", "counting"),  # the hybrid; for a target with no bundled head the lookup (counting only)
+        k=LOOKUP_K,
     ),
     DraftKind("none", "none", "no draft: plain autoregressive decoding", None, learns=()),
     DraftKind(
@@ -119,6 +127,7 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         "write lookup, lookup:N or lookup:N:E with N >= 1 the longest n-gram matched and E >= 1 the most index "
         "entries kept",
         learns=("counting",),
+        k=LOOKUP_K,
     ),
     DraftKind(
         "hybrid",
@@ -129,6 +138,7 @@ DRAFT_KINDS: tuple[DraftKind, ...] = (
         r"([a-z][a-z0-9]*(:.+)?)?",
         "write hybrid or hybrid:HEAD with HEAD a head draft spec, e.g. hybrid:eagle:DIR",
         learns=("gradient", "counting"),
+        k=LOOKUP_K,
     ),
     head_kind(
         "eagle",
@@ -213,9 +223,19 @@ def resolve_draft_spec(spec: str, target_spec: str) -> str:
 
 
 def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft | None:
-    """Build the draft named by `spec` for `target`; None for `none` (autoregressive)."""
+    """Build the draft named by `spec` for `target`; None for `none` (autoregressive). The draft carries its
+    kind's `default_k` (what the engine drafts when a request gives no k)."""
     parsed = parse_draft_spec(spec)
-    return parsed.kind.build(parsed, target, dtype)
+    draft = parsed.kind.build(parsed, target, dtype)
+    if draft is not None:
+        draft.default_k = parsed.kind.k
+    return draft
+
+
+def default_k(spec: str) -> int:
+    """The chain length drafts of `spec` use when no k is given: LOOKUP_K for lookup, hybrid and auto, else
+    DEFAULT_K."""
+    return parse_draft_spec(spec).kind.k
 
 
 def draft_spec_help() -> str:

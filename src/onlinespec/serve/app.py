@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from onlinespec.decoding.config import DEFAULT_K, GenerationConfig
+from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.sampling import SamplingConfig
 from onlinespec.errors import UserError
 from onlinespec.serve.errors import ApiError, bad_request
@@ -34,7 +34,7 @@ DISCONNECT_POLL_S = 0.5
 @dataclass(frozen=True)
 class ServeSettings:
     model_name: str  # the id /v1/models lists and requests may name
-    k: int = DEFAULT_K  # drafted tokens per verify step
+    k: int | None = None  # drafted tokens per verify step; None = the draft's default
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 300.0
@@ -221,7 +221,7 @@ def wants_learning(request: Request) -> bool:
     raise bad_request(f"header {NO_LEARN_HEADER} must be 1/true or 0/false, got '{value}'", param=NO_LEARN_HEADER)
 
 
-def generation_config(req: CompletionRequest, max_new_tokens: int, k: int) -> GenerationConfig:
+def generation_config(req: CompletionRequest, max_new_tokens: int, k: int | None) -> GenerationConfig:
     try:
         sampling = SamplingConfig(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
         return GenerationConfig(max_new_tokens=max_new_tokens, k=k, sampling=sampling, seed=req.seed, stop=req.stop)
