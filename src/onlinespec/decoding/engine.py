@@ -175,6 +175,7 @@ class SpeculativeEngine:
                 num_accepted=n,
                 target_hidden_states=tuple(h[0] for h in out.hidden_states) if out.hidden_states else None,
                 context_features=None if self.features is None else self.features[: length + n],
+                draft_source=proposal.source,
             )
             for listener in self.listeners:
                 listener(record)

@@ -34,6 +34,9 @@ class FeedbackRecord:
     # [first_position + 1 + num_accepted, d]: the target's last-layer features of every committed position that
     # has one (all but the newest token), for drafts that draft from them; None otherwise.
     context_features: torch.Tensor | None = None
+    # Which part of the draft proposed the tokens (Proposal.source: a hybrid's "request", "shared" or "head"; ""
+    # for drafts with one source): the head of a hybrid trains as deep as IT drafted, not as deep as lookup ran.
+    draft_source: str = ""
 
 
 FeedbackListener = Callable[[FeedbackRecord], None]

@@ -20,6 +20,8 @@ from onlinespec.errors import UserError
 
 POSITION_MODES = ("all", "mismatch")
 
+TRAINED_SOURCES = ("", "head")  # proposal sources whose chain length an unrolled head trains to (unroll)
+
 
 @dataclass
 class RequestExamples:
@@ -31,7 +33,7 @@ class RequestExamples:
     top_probs: list[torch.Tensor] = field(default_factory=list)  # each float32 [K]
     tail: list[float] = field(default_factory=list)  # target mass outside the kept ids
     features: torch.Tensor | None = None  # [L', d] target features of committed positions (head drafts only)
-    unroll: int = 0  # the most tokens one verify step of this request drafted (k): an unrolled head trains so deep
+    unroll: int = 0  # the most tokens one verify step of its trained part drafted (k; not a hybrid's lookup): unroll depth
 
 
 class FeedbackBuffer:
@@ -74,7 +76,8 @@ class FeedbackBuffer:
         if features is not None and (entry.features is None or features.shape[0] > entry.features.shape[0]):
             # a view of the engine's per-request feature buffer (committed rows never change); cloned in drain()
             entry.features = features
-        entry.unroll = max(entry.unroll, k)
+        if record.draft_source in TRAINED_SOURCES:  # lookup chains (up to k = 7) are not what the head drafts
+            entry.unroll = max(entry.unroll, k)
         for j, row in enumerate(rows):
             entry.pred_index.append(record.first_position + row)
             entry.top_ids.append(top_ids[j].clone())
