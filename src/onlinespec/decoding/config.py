@@ -12,7 +12,7 @@ from onlinespec.errors import UserError
 
 # Drafted tokens per verify step for a draft that names no default of its own (head drafts, layerskip, an
 # independent LM): with the bundled EAGLE head k = 2 beat k = 4 on this project's CPU (1.08x vs 0.79x
-# autoregressive, README). The lookup and hybrid drafts default to a longer chain (drafts/lookup.py LOOKUP_K).
+# autoregressive, README). The lookup and hybrid drafts default to a longer chain (drafts/registry.py LOOKUP_K).
 DEFAULT_K = 2
 # Seeds torch.Generator.manual_seed takes: 64 bits, either sign (a negative seed is mapped to 2^64 + seed).
 SEED_RANGE = (-(2**63), 2**64 - 1)
