@@ -33,7 +33,7 @@ class RequestExamples:
     top_probs: list[torch.Tensor] = field(default_factory=list)  # each float32 [K]
     tail: list[float] = field(default_factory=list)  # target mass outside the kept ids
     features: torch.Tensor | None = None  # [L', d] target features of committed positions (head drafts only)
-    unroll: int = 0  # the most tokens one verify step of its trained part drafted (k; not a hybrid's lookup): unroll depth
+    unroll: int = 0  # passes an unrolled head trains: the longest chain its trained part drafted (not a lookup's)
 
 
 class FeedbackBuffer:
