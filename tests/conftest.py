@@ -15,6 +15,7 @@ from transformers import LlamaForCausalLM
 from onlinespec.decoding.autoregressive import autoregressive_stream
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.decoding.feedback import FeedbackRecord
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.decoding.stopping import StopCriteria
 from onlinespec.drafts.causal_lm import CausalLMDraft
@@ -98,3 +99,21 @@ def shifted_stream(domains: int = 3, per_domain: int = 12, length: int = 8, voca
         for d in range(domains)
         for _ in range(per_domain)
     ]
+
+
+def feedback_record(request_id: int, k: int, accepted: int, vocab: int, source: str = "") -> FeedbackRecord:
+    """A greedy verify step of k drafted tokens (random logits) after 3 committed ones, `accepted` of them kept."""
+    return FeedbackRecord(
+        request_id=request_id,
+        step=0,
+        first_position=2,
+        context_ids=torch.arange(3 + k) % vocab,
+        draft_tokens=torch.zeros(k, dtype=torch.long),
+        target_logits=torch.randn(k + 1, vocab),
+        draft_logits=torch.randn(k, vocab),
+        target_probs=None,
+        draft_probs=None,
+        num_accepted=accepted,
+        target_hidden_states=None,
+        draft_source=source,
+    )

@@ -129,18 +129,23 @@ def test_static_freezes_both_parts() -> None:
 
 
 def test_save_and_restore_give_back_the_head_and_the_index(tmp_path: Path) -> None:
+    """Also the verify-cost rule's per-source acceptance rates, so a restarted server cuts proposals as the one it
+    replaces did (not from no observations)."""
     state = str(tmp_path / "state")
     _, engine, online = learning(state_dir=state)
     for p in prompts(2):
         _, stats = run_spec(engine, p, GEN)
         online.after_request(stats)
     online.close()
-    weights, memory = head_weights(engine), engine.draft.memory()
+    weights, memory, rates = head_weights(engine), engine.draft.memory(), engine.acceptance.to_dict()
+    assert any(rates["sources"]["head"]["reached"])
     probe = prompts(1, seed=5)[0]
     probe_tokens, probe_stats = run_spec(engine, probe, GEN)
 
     _, restored_engine, restored = learning(state_dir=state)
     assert restored.status().round == 2 and restored_engine.draft.memory() == memory
+    assert restored_engine.acceptance.to_dict() == rates
+    assert learning(state_dir=str(tmp_path / "empty"))[1].acceptance.to_dict() == {"sources": {}}
     restored_weights = head_weights(restored_engine)
     assert all(torch.equal(restored_weights[n], w) for n, w in weights.items())
     tokens, stats = run_spec(restored_engine, probe, GEN)
@@ -197,20 +202,3 @@ def test_round_records_and_telemetry_say_which_source_drafted(tmp_path: Path) ->
             assert first[source][key] + second[source][key] == report[source][key]
     lines = [json.loads(line) for line in telemetry.read_text().splitlines()]
     assert [line["sources"] for line in lines] == [first, second]
-
-
-def test_a_restored_session_continues_the_engines_acceptance_rates(tmp_path: Path) -> None:
-    """The verify-cost rule's per-source acceptance rates are saved with the draft state and restored with it, so
-    a restarted server cuts proposals as the one it replaces did (not from no observations)."""
-    state = str(tmp_path / "state")
-    _, engine, online = learning(state_dir=state)
-    for p in prompts(2):
-        _, stats = run_spec(engine, p, GEN)
-        online.after_request(stats)
-    online.close()
-    saved = engine.acceptance.to_dict()
-    assert set(saved["sources"]) >= {"head"} and any(saved["sources"]["head"]["reached"])
-    _, restored_engine, _ = learning(state_dir=state)
-    assert restored_engine.acceptance.to_dict() == saved
-    _, fresh_engine, _ = learning(state_dir=str(tmp_path / "empty"))
-    assert fresh_engine.acceptance.to_dict() == {"sources": {}}

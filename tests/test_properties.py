@@ -4,10 +4,10 @@ the prefix on which draft and target agree) and the feedback buffer's bound."""
 from __future__ import annotations
 
 import torch
+from conftest import feedback_record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onlinespec.decoding.feedback import FeedbackRecord
 from onlinespec.decoding.verify import verify_greedy, verify_sampling
 from onlinespec.online.feedback_buffer import FeedbackBuffer
 
@@ -68,20 +68,7 @@ def test_the_feedback_buffer_never_holds_more_than_its_bound(bound, steps, top_k
     offered = 0
     for request, k, accepted in steps:
         n = min(accepted, k)
-        record = FeedbackRecord(
-            request_id=request,
-            step=0,
-            first_position=2,
-            context_ids=torch.arange(3 + k) % V,
-            draft_tokens=torch.zeros(k, dtype=torch.long),
-            target_logits=torch.randn(k + 1, V),
-            draft_logits=torch.randn(k, V),
-            target_probs=None,
-            draft_probs=None,
-            num_accepted=n,
-            target_hidden_states=None,
-        )
-        buffer.add(record)
+        buffer.add(feedback_record(request, k, n, V))
         offered += n + 1 if positions == "all" else int(n < k)
         assert buffer.size <= bound
         assert buffer.size + buffer.dropped == offered  # nothing lost without being counted

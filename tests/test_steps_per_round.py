@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import damaged_draft, run_spec, shifted_stream, tiny_llama
+from conftest import damaged_draft, feedback_record, run_spec, shifted_stream, tiny_llama
 
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.engine import SpeculativeEngine
@@ -246,32 +246,14 @@ def test_metrics_show_the_round_gauges_and_expert_losses() -> None:
 def test_a_hybrids_head_unrolls_as_deep_as_it_drafted_not_as_deep_as_the_lookup_ran() -> None:
     """The buffer's unroll is the longest chain of the trained part: a hybrid's lookup steps (source request or
     shared, up to k = 7 tokens) teach the head at their positions but do not deepen its unrolled passes."""
-    from onlinespec.decoding.feedback import FeedbackRecord
     from onlinespec.online.feedback_buffer import FeedbackBuffer
 
     vocab = 16
-
-    def record(k: int, source: str) -> FeedbackRecord:
-        return FeedbackRecord(
-            request_id=0,
-            step=0,
-            first_position=2,
-            context_ids=torch.arange(3 + k) % vocab,
-            draft_tokens=torch.zeros(k, dtype=torch.long),
-            target_logits=torch.randn(k + 1, vocab),
-            draft_logits=torch.randn(k, vocab),
-            target_probs=None,
-            draft_probs=None,
-            num_accepted=0,
-            target_hidden_states=None,
-            draft_source=source,
-        )
-
     buffer = FeedbackBuffer(top_k=4)
     for k, source in ((6, "request"), (2, "head"), (7, "shared"), (1, "head")):
-        buffer.add(record(k, source))
+        buffer.add(feedback_record(0, k, 0, vocab, source))
     (examples,) = buffer.drain()
     assert examples.unroll == 2 and len(examples.pred_index) == 4  # every step's first position still trains
     single = FeedbackBuffer(top_k=4)
-    single.add(record(5, ""))  # a draft with one source: as drafted
+    single.add(feedback_record(0, 5, 0, vocab))  # a draft with one source: as drafted
     assert single.drain()[0].unroll == 5

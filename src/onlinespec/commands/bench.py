@@ -111,12 +111,13 @@ def run(args: argparse.Namespace) -> int:
         stream = load_prompts(args.prompts, args.num_prompts, args.prompt_field, args.split)
     else:
         stream = load_stream(args.stream or preset.stream, _pick(args.num_prompts, preset.num_prompts))
+    k = _pick(args.k, preset.k)  # None: the draft's own default
     settings = BenchSettings(
         methods=_methods(args.methods) if args.methods is not None else methods_for_draft(preset.methods, args.draft),
         stream=stream.name,
         max_new_tokens=_pick(args.max_new_tokens, preset.max_new_tokens),
         round_size=args.round_size,
-        k=_pick(args.k, preset.k) if args.k is not None or preset.k is not None else default_k(args.draft),
+        k=default_k(args.draft) if k is None else k,
         preset=args.preset,
         target=args.target,
         draft=args.draft,
