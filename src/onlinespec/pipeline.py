@@ -101,14 +101,15 @@ class Pipeline:
         cls,
         target: str = DEFAULT_MODEL,
         draft: str = DEFAULT_DRAFT,
-        dtype: str = "float32",
+        dtype: str = "auto",
         verify_cost: str = "auto",
         weight_layout: str = "auto",
     ) -> Pipeline:
-        """Load `target` (its linear weights in `weight_layout`, models/weight_layout.py; default: the faster on this
-        machine) and build `draft` for it; `verify_cost` as in `use_verify_cost` (default: measured)."""
+        """Load `target` in `dtype` (default: the faster of float32 and bfloat16 on this machine,
+        models/dtype_choice.py), its linear weights in `weight_layout` (models/weight_layout.py; default: the faster
+        here), and build `draft` for it in the same dtype; `verify_cost` as in `use_verify_cost` (default: measured)."""
         loaded = load_model(target, dtype, weight_layout)
-        pipe = cls(loaded, make_draft(draft, loaded, dtype))
+        pipe = cls(loaded, make_draft(draft, loaded, loaded.dtype))
         pipe.use_verify_cost(verify_cost)
         return pipe
 

@@ -43,6 +43,7 @@ def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: s
         "draft_used": resolve_draft_spec(settings.draft, settings.target),  # what `auto` stood for
         # c(1..9 tokens) relative to one token, measured on this machine (decoding/verify_cost.py); None = off
         "verify_cost": progress.get("verify_cost"),
+        "dtype_used": progress.get("dtype"),  # what the target ran in (what `--dtype auto` chose)
         "weight_layout": progress.get("weight_layout"),  # what the target's weights used (models/weight_layout.py)
         "stream": stream.name,
         "prompts": len(stream.online),

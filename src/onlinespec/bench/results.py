@@ -148,10 +148,12 @@ def render_report(results: dict) -> str:
     env = c["environment"]
     used = c.get("draft_used", s["draft"])
     draft = s["draft"] if used == s["draft"] else f"{s['draft']} (= {used})"
+    dtype_used = c.get("dtype_used") or s["dtype"]
+    dtype = s["dtype"] if dtype_used == s["dtype"] else f"{s['dtype']} (= {dtype_used})"
     lines = [
         f"# onlinespec bench: {c['stream']} ({c['prompts']} prompts, preset {s['preset']})",
         "",
-        f"target {s['target']} {s['dtype']}, draft {draft}, k = {s['k']}, greedy, {s['max_new_tokens']} new "
+        f"target {s['target']} {dtype}, draft {draft}, k = {s['k']}, greedy, {s['max_new_tokens']} new "
         f"tokens, rounds of {s['round_size']} prompts, lr {s['online']['learner_cfg']['lr'] or 'per learner'}, "
         f"schedule {s['online']['schedule']}, seed {s['seed']}; onlinespec {env['onlinespec']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, {env['cpus']} CPUs ({env['torch_threads']} torch threads); "

@@ -56,7 +56,7 @@ class BenchSettings:
     preset: str = "custom"
     target: str = DEFAULT_MODEL
     draft: str = DEFAULT_DRAFT
-    dtype: str = "float32"
+    dtype: str = "auto"  # models/dtype_choice.py: the faster of float32 and bfloat16 here
     verify_cost: str = "auto"  # Pipeline.use_verify_cost: cut proposals to what this machine's verify cost pays
     weight_layout: str = "auto"  # models/weight_layout.py: the target's linear weights as the faster layout here
     chat: bool = True
@@ -238,7 +238,9 @@ class BenchRunner:
             self.progress["sessions"] += 1
             self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
             torch.manual_seed(s.seed)
-            target = load_model(s.target, s.dtype, s.weight_layout)
+            # a resumed run keeps the dtype and layout its first session chose, so it decodes as that one did
+            target = load_model(s.target, self.progress.get("dtype") or s.dtype, s.weight_layout)
+            self.progress["dtype"] = target.dtype
             self.progress["weight_layout"] = weight_layout(target.model)
             first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
             pipes = {m: self._pipeline(m, target, first) for m in s.methods}
@@ -254,7 +256,8 @@ class BenchRunner:
         outputs, margins = self.progress["outputs"], {}
         if any(ours != outputs[REFERENCE] for ours in outputs.values()):
             s = self.settings
-            target = target or load_model(s.target, s.dtype, self.progress.get("weight_layout") or s.weight_layout)
+            dtype, layout = self.progress.get("dtype") or s.dtype, self.progress.get("weight_layout") or s.weight_layout
+            target = target or load_model(s.target, dtype, layout)
             prompts = [prompt_ids(target.tokenizer, p, s.chat) for p in self.stream.online]
             margins = divergence_margins(target.model, prompts, outputs, REFERENCE)
         self.progress["divergence_margins"] = margins
@@ -268,7 +271,7 @@ class BenchRunner:
             pipe = Pipeline(target, None)
             pipe.start(warmup_ids, warmup, mode="ar").result()
             return pipe
-        pipe = Pipeline(target, make_draft(s.draft, target, s.dtype))
+        pipe = Pipeline(target, make_draft(s.draft, target, target.dtype))
         curve = pipe.use_verify_cost(s.verify_cost)
         self.progress["verify_cost"] = None if curve is None else list(curve.relative)
         pipe.start(warmup_ids, warmup, mode="spec").result()

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(render_report(results))
     print(f"saved to {out}/: {', '.join(results['files'])}")
-    if results["greedy_mismatches"] and settings.dtype == "float32":
+    if results["greedy_mismatches"] and results["config"].get("dtype_used") == "float32":
         margins = [d["margin"] for m in results["methods"].values() for d in m["first_divergences"] if "margin" in d]
         where = f" (the target's top-2 logit margin there: {', '.join(f'{x:.2g}' for x in margins)})" if margins else ""
         print(

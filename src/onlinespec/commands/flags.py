@@ -16,12 +16,20 @@ TARGET_HELP = "target model spec (default: %(default)s)"
 
 def add_model_flags(parser: argparse.ArgumentParser, target_help: str = TARGET_HELP, dtype: bool = True) -> None:
     """--target (a model spec, models/resolve.py) and, unless dtype=False, --dtype and --weight-layout."""
-    from onlinespec.models import DEFAULT_MODEL, DTYPES
+    from onlinespec.models import DEFAULT_MODEL
+    from onlinespec.models.resolve import DTYPE_CHOICES
     from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES
 
     parser.add_argument("--target", default=DEFAULT_MODEL, help=target_help)
     if dtype:
-        parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="(default: %(default)s)")
+        parser.add_argument(
+            "--dtype",
+            choices=DTYPE_CHOICES,
+            default="auto",
+            help="the target's dtype: auto = bfloat16 where this CPU has bf16 instructions and runs the target at "
+            "least 10%% faster in it (measured once, cached), else float32. Greedy outputs equal autoregressive "
+            "ones exactly in float32; in bfloat16 they can part at near-ties (default: %(default)s)",
+        )
         parser.add_argument(
             "--weight-layout",
             choices=WEIGHT_LAYOUT_MODES,

@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
             "draft": draft,
             "mode": args.mode,
             "k": pipe.engine.chain_length(cfg) if pipe.engine is not None else None,
-            "dtype": args.dtype,
+            "dtype": pipe.target.dtype,  # what --dtype chose
             "weight_layout": weight_layout(pipe.target.model),  # what --weight-layout chose
             "learner": args.learner,
         }

@@ -137,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         verify_cost=args.verify_cost,
         weight_layout=args.weight_layout,
     )
+    why = f" (--dtype auto: {pipe.target.dtype_reason})" if pipe.target.dtype_reason else ""
+    log.info("target %s in %s%s", args.target, pipe.target.dtype, why)
     if args.learner is None:
         args.learner = default_learner(pipe)
     if wants_learning(args):

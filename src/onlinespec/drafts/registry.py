@@ -222,9 +222,10 @@ def resolve_draft_spec(spec: str, target_spec: str) -> str:
     return "hybrid" if has_bundled_head("eagle", target_spec) else FALLBACK_DRAFT
 
 
-def make_draft(spec: str, target: LoadedModel, dtype: str = "float32") -> Draft | None:
-    """Build the draft named by `spec` for `target`; None for `none` (autoregressive). The draft carries its
-    kind's `default_k` (what the engine drafts when a request gives no k)."""
+def make_draft(spec: str, target: LoadedModel, dtype: str | None = None) -> Draft | None:
+    """Build the draft named by `spec` for `target`, in `dtype` (default, or "auto": the target's); None for `none`
+    (autoregressive). The draft carries its kind's `default_k` (what the engine drafts when a request gives no k)."""
+    dtype = target.dtype if dtype in (None, "auto") else dtype
     parsed = parse_draft_spec(spec)
     draft = parsed.kind.build(parsed, target, dtype)
     if draft is not None:

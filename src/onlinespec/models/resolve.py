@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 
 from onlinespec.errors import UserError
+from onlinespec.models.dtype_choice import AUTO, auto_dtype
 from onlinespec.models.embedded import EMBEDDED, embedded_model_dir
 from onlinespec.models.machine_cache import measurements_dir
 from onlinespec.models.weight_layout import use_weight_layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = (AUTO, *DTYPES)  # auto: the faster of float32 and bfloat16 here (models/dtype_choice.py)
 
 
 @dataclass
@@ -24,11 +26,14 @@ class LoadedModel:
     spec: str
     model: torch.nn.Module  # a transformers causal LM, in eval mode
     tokenizer: object  # a transformers tokenizer
+    dtype: str = "float32"  # the dtype the model runs in (what `auto` resolved to)
+    dtype_reason: str = ""  # for `auto`: why (measured, no bf16 instructions, $ONLINESPEC_AUTO_DTYPE)
 
 
 def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a name in DTYPES (`auto` is resolved by `load_model`, not here)."""
     if name not in DTYPES:
-        raise UserError(f"unknown dtype '{name}': choose one of {', '.join(DTYPES)}")
+        raise UserError(f"unknown dtype '{name}': choose one of {', '.join(DTYPE_CHOICES)}")
     return DTYPES[name]
 
 
@@ -37,9 +42,12 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_model(spec: str, dtype: str | torch.dtype = "float32", weight_layout: str = "standard") -> LoadedModel:
-    """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype`, its linear weights in
-    `weight_layout` (models/weight_layout.py: "standard" as loaded, "transposed", or "auto": the faster here)."""
-    torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype` (a name of DTYPES, a
+    torch dtype, or "auto": the faster of float32 and bfloat16 on this machine, models/dtype_choice.py), its linear
+    weights in `weight_layout` (models/weight_layout.py: "standard" as loaded, "transposed", or "auto")."""
+    if isinstance(dtype, str) and dtype != AUTO:
+        parse_dtype(dtype)  # an unknown name fails before anything is loaded
+    torch_dtype = torch.float32 if dtype == AUTO else parse_dtype(dtype) if isinstance(dtype, str) else dtype
     if not spec or not spec.strip():
         raise UserError("empty model spec: give an embedded name (smollm2-135m), a directory, a .gguf file or a hub id")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,5 +75,13 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", weight_layout: s
         ) from exc
     model.eval()
     model.requires_grad_(False)
+    reason = ""
+    if dtype == AUTO:  # loaded in float32 above; measured (or read) here, then converted if bf16 is faster
+        name, how = auto_dtype(model, measurements_dir())
+        reason = how["reason"]
+        if name != "float32":
+            model.to(DTYPES[name])
+    else:
+        name = {t: n for n, t in DTYPES.items()}.get(torch_dtype, str(torch_dtype).removeprefix("torch."))
     use_weight_layout(model, weight_layout, measurements_dir())
-    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer)
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, dtype=name, dtype_reason=reason)
