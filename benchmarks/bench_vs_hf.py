@@ -7,6 +7,7 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
 - hf_plain: `model.generate()`; hf_lookup: `model.generate(prompt_lookup_num_tokens=N)` (no draft model);
 - ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K);
   `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G;
+  `DRAFT@K@headk=H` caps a hybrid draft's head chain at H tokens (`head_k`, default HEAD_K);
   `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
   verify cost pays, decoding/verify_cost.py); `DRAFT@K@layout=standard|transposed` runs that entry with the target's
   weights in that layout (default: `--weight-layout`, models/weight_layout.py). Options combine:
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         draft = make_draft(spec, target, args.dtype)
         if "gate" in settings:
             draft.head_min_confidence = float(settings["gate"])  # a hybrid draft's head gate (drafts/hybrid.py)
+        if "headk" in settings:
+            draft.head_k = int(settings["headk"])  # a hybrid draft's head chain cap (drafts/hybrid.py)
         pipe = Pipeline(target, draft)
         curve = pipe.use_verify_cost(settings.get("cost", "auto"))  # decoding/verify_cost.py, as the CLI's default
         curves[f"ours:{entry}"] = None if curve is None else list(curve.relative)
