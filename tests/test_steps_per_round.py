@@ -201,6 +201,29 @@ def test_feedback_records_the_drafted_k_and_a_fixed_unroll_overrides_it() -> Non
     assert DraftObjective(draft, model, unroll=3).loss_at([ex], params) == as_drafted
 
 
+def test_a_bf16_draft_learns_on_float32_master_weights() -> None:
+    target = tiny_llama(seed=3).to(torch.bfloat16)
+    draft = EagleDraft(build_head("eagle", target).eval(), "eagle")
+    live = dict(draft.model.named_parameters())
+    assert {live[n].dtype for n in draft.trainable} == {torch.bfloat16}
+    objective = DraftObjective(draft, training_copy(draft.model, draft.trainable))
+    masters = objective.parameters()
+    assert {p.dtype for p in masters} == {torch.float32}
+    assert all(torch.equal(m, live[n].float()) for n, m in zip(draft.trainable, masters, strict=True))
+    ex = _eagle_example(target, draft.model)  # bf16 features, as a bf16 target stores them
+    loss, grads = objective.grad_fn([ex])(masters)
+    assert loss > 0 and {g.dtype for g in grads} == {torch.float32} and sum(g.norm() for g in grads) > 0
+    # five OGD steps of lr 1e-4 on the norm-1 clipped gradient: each coordinate moves far less than a bf16 spacing
+    learner = make_learner("ogd", masters, LearnerConfig(lr=1e-4))
+    before = [m.clone() for m in masters]
+    for _ in range(5):
+        learner.update(objective.grad_fn([ex]))
+    moved = [m != b for m, b in zip(masters, before, strict=True)]
+    assert sum(int(x.sum()) for x in moved) > 0.5 * sum(x.numel() for x in moved)  # the masters kept the steps
+    rounded_away = [b.bfloat16() == m.bfloat16() for m, b in zip(masters, before, strict=True)]
+    assert sum(int(x.sum()) for x in rounded_away) > 0.5 * sum(x.numel() for x in rounded_away)  # bf16 alone: lost
+
+
 def test_a_position_whose_target_top1_is_outside_the_vocabulary_contributes_nothing() -> None:
     target = tiny_llama(seed=3)
     vocab = torch.arange(0, 96, 2)  # even ids only

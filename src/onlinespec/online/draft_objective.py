@@ -3,6 +3,14 @@
 It runs the DRAFT only (teacher-forced over each request's committed tokens, one forward per request; head drafts
 also over the target features stored with them) against the target distributions stored from verification: the
 target model is never called here.
+
+Low-precision drafts learn on float32 master weights: a draft that runs in bf16 (the target's dtype under
+`--dtype auto` on a CPU with bf16 instructions) gets float32 copies of its trainable parameters in the training
+copy. A bf16 weight keeps 8 significant bits, so an update smaller than half its spacing is rounded away: an OGD
+step of lr 0.1 on a norm-1 gradient over 4.2 M coordinates (about 5e-5 each) would never move the head at all, and
+Adam's ~5e-4 steps would be rounded to 0 or 1 spacing on the larger weights. The loss casts the master values to
+the draft's dtype inside the graph, so the forward runs as the draft decodes and the gradient reaches the float32
+masters; publication (`live.copy_(master)`) rounds them once per round, and small steps add up in the master.
 """
 
 from __future__ import annotations
@@ -17,18 +25,25 @@ from onlinespec.online.feedback_buffer import RequestExamples
 from onlinespec.online.learners import GradFn
 from onlinespec.online.losses import divergence
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # trained through float32 master weights
+
 
 def training_copy(model: torch.nn.Module, trainable: list[str]) -> torch.nn.Module:
     """A copy of `model` that owns fresh copies of the `trainable` parameters and shares every other tensor.
 
     Learners update this copy (possibly in a background thread) while decoding keeps using the live draft;
     publication copies the trainable tensors across at a round boundary.
+    Trainable parameters in fp16/bf16 are copied as float32 (master weights; see the module docstring).
     """
     named = dict(model.named_parameters())
     keep = set(trainable)
     memo: dict[int, object] = {id(p): p for n, p in named.items() if n not in keep}
     memo.update({id(b): b for b in model.buffers()})
-    return copy.deepcopy(model, memo)
+    trained = copy.deepcopy(model, memo)
+    for name, param in trained.named_parameters():
+        if name in keep and param.dtype in LOW_PRECISION:
+            param.data = param.data.float()
+    return trained
 
 
 class DraftObjective:
@@ -49,6 +64,8 @@ class DraftObjective:
         self.loss = loss
         self.unroll = unroll
         self.mask_oov = mask_oov
+        live = dict(draft.model.named_parameters())
+        self.run_dtypes = {n: live[n].dtype for n in self.names}  # what the draft decodes in (the masters: fp32)
 
     def parameters(self) -> list[torch.Tensor]:
         named = dict(self.model.named_parameters())
@@ -69,6 +86,8 @@ class DraftObjective:
     def _loss(self, examples: list[RequestExamples], params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The per-token mean divergence (0-dim) of `examples` at parameter values `params`."""
 
+        params = {n: v.to(self.run_dtypes[n]) for n, v in params.items()}  # masters -> the decoding dtype, in the graph
+
         def call(**kwargs):
             return functional_call(self.model, params, args=(), kwargs=kwargs)
 
@@ -88,7 +107,7 @@ class DraftObjective:
                 top_ids = self.draft.draft_ids(torch.stack([ex.top_ids[r] for r in rows]))
                 top_probs = torch.stack([ex.top_probs[r] for r in rows])
                 tail = torch.tensor([ex.tail[r] for r in rows])
-                total = total + weight * divergence(logits, top_ids, top_probs, tail, self.loss)
+                total = total + weight * divergence(logits.float(), top_ids, top_probs, tail, self.loss)  # fp32 loss
         return total / max(positions, 1)
 
     def grad_fn(self, examples: list[RequestExamples]) -> GradFn:
