@@ -3,6 +3,7 @@
 
     python benchmarks/bench_verify_cost.py                                   # the embedded model, float32
     python benchmarks/bench_verify_cost.py --target qwen2.5-coder-1.5b --fresh
+    python benchmarks/bench_verify_cost.py --dtype auto --fresh --prefix 600      # after a long prompt
 
 By default it prints the curve the library would use (cached under the model cache directory, measured now if not
 yet); `--fresh` measures again without touching the cache. The curve is measured in the weight layout the library
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from onlinespec.decoding.verify_cost import MEASURED_TOKENS, cached_verify_cost, measure_verify_cost
+from onlinespec.decoding.verify_cost import MEASURED_TOKENS, PREFIX_TOKENS, cached_verify_cost, measure_verify_cost
 from onlinespec.models import DEFAULT_MODEL, cache_root
 from onlinespec.models.machine_cache import cpu_name
 from onlinespec.models.resolve import load_model
@@ -56,7 +57,14 @@ def compare_layouts(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default=DEFAULT_MODEL)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
+    p.add_argument(
+        "--prefix",
+        type=int,
+        default=0,
+        help="measure forwards after a cache of this many positions (with --fresh; default: the library's, "
+        f"{PREFIX_TOKENS}; long prompts: e.g. 600)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--fresh", action="store_true", help="measure again (the cache is neither read nor written)")
     p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
@@ -66,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    target = load_model(args.target, args.dtype).model
+    loaded = load_model(args.target, args.dtype)
+    target, args.dtype = loaded.model, loaded.dtype  # what `auto` chose
+    if args.prefix and not args.fresh:
+        p.error("--prefix measures a curve the library does not cache: add --fresh")
     layout = use_weight_layout(target, args.weight_layout, cache_root())
     record: dict = {}
     if args.compare_layouts:
@@ -77,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         if prefill_ms:
             print(f"prefill {args.prefill}: " + "  ".join(f"{name} {ms:.0f} ms" for name, ms in prefill_ms.items()))
         record["layouts_ms"], record["prefill_ms"] = times, prefill_ms
-    cost = measure_verify_cost(target) if args.fresh else cached_verify_cost(target, cache_root())
-    print(f"{args.target} {args.dtype}, weights {layout}, {torch.get_num_threads()} threads, {cpu_name()}")
+    prefix = args.prefix or PREFIX_TOKENS
+    cost = measure_verify_cost(target, prefix=prefix) if args.fresh else cached_verify_cost(target, cache_root())
+    where = f"{torch.get_num_threads()} threads, {cpu_name()}, prefix {prefix}"
+    print(f"{args.target} {args.dtype}, weights {layout}, {where}")
     print(f"one-token forward: {cost.one_token_ms:.0f} ms (0 = read from a cache written before this was recorded)")
     print("tokens  relative cost")
     for n, c in enumerate(cost.relative, start=1):

@@ -51,7 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--drafts", default="eagle@2,hybrid@2,hybrid@3", help="comma-separated DRAFT@K")
     p.add_argument("--hf-lookup", type=int, default=5, help="HF prompt_lookup_num_tokens (0 = leave hf_lookup out)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="every method's dtype; auto = what onlinespec's --dtype auto picks on this machine (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
         "--weight-layout",
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)
+    args.dtype = target.dtype  # what `auto` chose: HF's methods run the same weights in it, the report names it
     ours_layout = use_weight_layout(target.model, args.weight_layout, cache_root())
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}

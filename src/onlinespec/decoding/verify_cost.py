@@ -169,25 +169,27 @@ def cut_proposal(proposal: Proposal, cost: VerifyCost, rates: AcceptanceRates | 
 
 
 @torch.inference_mode()
-def measure_verify_cost(target: torch.nn.Module, sizes: int = MEASURED_TOKENS, progress: str = "") -> VerifyCost:
-    """Time target forwards over 1..sizes new tokens on a cache of PREFIX_TOKENS random positions (REPEATS
-    rounds, sizes interleaved, the fastest of each kept) and return their costs relative to one token. A
-    non-empty `progress` shows a progress bar on stderr with that description."""
+def measure_verify_cost(
+    target: torch.nn.Module, sizes: int = MEASURED_TOKENS, progress: str = "", prefix: int = PREFIX_TOKENS
+) -> VerifyCost:
+    """Time target forwards over 1..sizes new tokens on a cache of `prefix` random positions (REPEATS rounds,
+    sizes interleaved, the fastest of each kept) and return their costs relative to one token. A non-empty
+    `progress` shows a progress bar on stderr with that description."""
     from tqdm import tqdm
 
     vocab = int(target.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (1, PREFIX_TOKENS + sizes), generator=gen)
+    ids = torch.randint(0, vocab, (1, prefix + sizes), generator=gen)
     cache = new_cache(target)
-    target(input_ids=ids[:, :PREFIX_TOKENS], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    target(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
     best = [float("inf")] * sizes
     rounds = tqdm(range(REPEATS + 1), desc=progress, unit="round", file=sys.stderr, disable=not progress, leave=False)
     for round_no in rounds:  # round 0 warms the kernels up and is not kept
         for n in range(1, sizes + 1):
             tic = time.perf_counter()
-            target(input_ids=ids[:, PREFIX_TOKENS : PREFIX_TOKENS + n], past_key_values=cache, use_cache=True)
+            target(input_ids=ids[:, prefix : prefix + n], past_key_values=cache, use_cache=True)
             elapsed = time.perf_counter() - tic
-            rollback(cache, PREFIX_TOKENS)
+            rollback(cache, prefix)
             if round_no > 0:
                 best[n - 1] = min(best[n - 1], elapsed)
     return VerifyCost(tuple(round(b / best[0], 4) for b in best), source="measured", one_token_ms=best[0] * 1e3)
