@@ -8,6 +8,8 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
 - ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K);
   `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G;
   `DRAFT@K@headk=H` caps a hybrid draft's head chain at H tokens (`head_k`, default HEAD_K);
+  `DRAFT@K@tree=dynamic|static` drafts a candidate tree of depth K (head drafts; decoding/tree.py defaults:
+  dynamic = EAGLE-2's top-4 expansion kept to 24 nodes, static = EAGLE-1's 25-node shape) instead of a chain;
   `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
   verify cost pays, decoding/verify_cost.py); `DRAFT@K@layout=standard|transposed` runs that entry with the target's
   weights in that layout (default: `--weight-layout`, models/weight_layout.py). Options combine:
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from onlinespec import GenerationConfig, Pipeline
 from onlinespec.bench.prompts import source_stream
+from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import make_draft
 from onlinespec.models import DEFAULT_MODEL, cache_root
 from onlinespec.models.resolve import load_model
@@ -68,9 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_ours(pipe: Pipeline, ids: torch.Tensor, n_new: int, k: int, mode: str) -> dict:
+def run_ours(pipe: Pipeline, ids: torch.Tensor, n_new: int, k: int, mode: str, tree: TreeConfig | None = None) -> dict:
+    """One request; `tree`: draft a candidate tree (depth k) instead of a chain of k."""
+    cfg = GenerationConfig(max_new_tokens=n_new, k=k, tree=tree or TreeConfig())
     tic = time.perf_counter()
-    result = pipe.start(ids, GenerationConfig(max_new_tokens=n_new, k=k), mode=mode).result()
+    result = pipe.start(ids, cfg, mode=mode).result()
     seconds = time.perf_counter() - tic
     s = result.stats
     return {
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_layout = use_weight_layout(target.model, args.weight_layout, cache_root())
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}
+    trees: dict[str, TreeConfig] = {}  # entries drafting a tree instead of a chain
     curves: dict[str, list[float] | None] = {}  # the verify-cost curve each draft's pipeline used
     # HF's methods run the weights as users load them; ours as the CLI does, or as an entry's layout= says
     layouts = {"hf_plain": STANDARD, "hf_lookup": STANDARD, "ours_ar": ours_layout}
@@ -165,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         curve = pipe.use_verify_cost(settings.get("cost", "auto"))  # decoding/verify_cost.py, as the CLI's default
         curves[f"ours:{entry}"] = None if curve is None else list(curve.relative)
         drafts[f"ours:{entry}"] = (pipe, int(k or 2))
+        if "tree" in settings:  # a head draft's candidate tree of depth K (decoding/tree.py)
+            trees[f"ours:{entry}"] = TreeConfig(settings["tree"], depth=int(k or 5))
     methods = ["hf_plain", *(["hf_lookup"] if args.hf_lookup else []), "ours_ar", *drafts]
     prompts = [
         (name, i, encode_prompt(target.tokenizer, p.chat()))
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if method == "ours_ar":
             return run_ours(ar, ids, n_new, 1, "ar")
         pipe, k = drafts[method]
-        return run_ours(pipe, ids, n_new, max(k, 1), "spec" if k else "ar")
+        return run_ours(pipe, ids, n_new, max(k, 1), "spec" if k else "ar", trees.get(method))
 
     for m in methods:  # warm-up: one short call each
         run(m, prompts[0][2], 8)
