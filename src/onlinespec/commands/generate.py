@@ -114,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     s = result.stats
     print(
-        f"[{args.mode}] {s.new_tokens} tokens in {s.wall_s:.2f} s = {s.tokens_per_s:.1f} tok/s | "
+        f"[{args.mode}, {pipe.target.dtype}] {s.new_tokens} tokens in {s.wall_s:.2f} s = {s.tokens_per_s:.1f} tok/s | "
         f"tau {s.tau:.2f} alpha {s.alpha:.2f} | {s.target_forwards} target forwards | "
         f"finish: {result.finish_reason}",
         file=sys.stderr,
