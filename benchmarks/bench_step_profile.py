@@ -1,0 +1,96 @@
+"""Where the time of one autoregressive step goes: the target's one-token forward, profiled by operator, and the
+same step with SDPA against eager attention (issue 12: "our autoregressive path >= 1.3x HF generate()").
+
+    python benchmarks/bench_step_profile.py                       # the embedded model, --dtype auto, prefix 300
+    python benchmarks/bench_step_profile.py --dtype float32 --prefix 600
+
+Our autoregressive step is one HF forward with `logits_to_keep=1` plus an argmax (decoding/autoregressive.py), so
+what this finds is what any path through the same model pays. Prints the operators' share of the self CPU time
+over `--steps` steps, and the fastest of 10 forwards over 1 / 3 / 8 new tokens with each attention
+implementation, interleaved over 3 rounds. Writes profile.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from onlinespec.decoding.kv_cache import new_cache, rollback
+from onlinespec.models import DEFAULT_MODEL
+from onlinespec.models.resolve import DTYPE_CHOICES, load_model
+
+ATTENTION = ("sdpa", "eager")
+SIZES = (1, 3, 8)
+
+
+def set_attention(model: torch.nn.Module, name: str) -> None:
+    """Switch a transformers model's attention implementation in place (every layer reads its config's)."""
+    model.config._attn_implementation = name
+    for module in model.modules():
+        if hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
+            module.config._attn_implementation = name
+
+
+@torch.inference_mode()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", default=DEFAULT_MODEL)
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prefix", type=int, default=300, help="cached positions before the measured step")
+    p.add_argument("--steps", type=int, default=20, help="one-token steps profiled")
+    p.add_argument("--out", default="bench-out/step-profile")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.target, args.dtype, "auto")
+    model = loaded.model
+    ids = torch.randint(0, int(model.config.vocab_size), (1, args.prefix + max(SIZES)))
+    cache = new_cache(model)
+    model(input_ids=ids[:, : args.prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    token = ids[:, args.prefix : args.prefix + 1]
+    model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)  # warm-up
+    rollback(cache, args.prefix)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            rollback(cache, args.prefix)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    top = [
+        {"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls_per_step": e.count / args.steps}
+        for e in events[:8]
+    ]
+    print(f"{args.target} {loaded.dtype}, prefix {args.prefix}, {args.threads} threads: one-token step by operator")
+    for row in top:
+        print(f"  {row['share']:6.1%}  {row['op']}  ({row['calls_per_step']:.0f} calls per step)")
+
+    best: dict[str, dict[int, float]] = {name: {} for name in ATTENTION}
+    for _ in range(3):
+        for name in ATTENTION:
+            set_attention(model, name)
+            for n in SIZES:
+                for _ in range(10):
+                    tic = time.perf_counter()
+                    model(input_ids=ids[:, args.prefix : args.prefix + n], past_key_values=cache, use_cache=True)
+                    ms = (time.perf_counter() - tic) * 1e3
+                    rollback(cache, args.prefix)
+                    best[name][n] = min(best[name].get(n, float("inf")), ms)
+    set_attention(model, ATTENTION[0])
+    for name in ATTENTION:
+        print(f"{name:>6} attention: " + ", ".join(f"{n} tokens {best[name][n]:.1f} ms" for n in SIZES))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**vars(args), "dtype_used": loaded.dtype, "top_ops": top, "attention_ms": best}
+    (out / "profile.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {out / 'profile.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
