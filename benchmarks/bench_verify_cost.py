@@ -4,6 +4,7 @@
     python benchmarks/bench_verify_cost.py                                   # the embedded model, float32
     python benchmarks/bench_verify_cost.py --target qwen2.5-coder-1.5b --fresh
     python benchmarks/bench_verify_cost.py --dtype auto --fresh --prefix 600      # after a long prompt
+    python benchmarks/bench_verify_cost.py --compare-dtypes                      # what --dtype auto would pick
 
 By default it prints the curve the library would use (cached under the model cache directory, measured now if not
 yet); `--fresh` measures again without touching the cache. The curve is measured in the weight layout the library
@@ -24,6 +25,7 @@ import torch
 
 from onlinespec.decoding.verify_cost import MEASURED_TOKENS, PREFIX_TOKENS, cached_verify_cost, measure_verify_cost
 from onlinespec.models import DEFAULT_MODEL, cache_root
+from onlinespec.models.dtype_choice import MEASURED_SIZES, faster_dtype, has_bf16_instructions, measure_dtypes
 from onlinespec.models.machine_cache import cpu_name
 from onlinespec.models.resolve import load_model
 from onlinespec.models.weight_layout import (
@@ -70,16 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
     p.add_argument("--compare-layouts", action="store_true", help="time both weight layouts over 1..9 tokens")
     p.add_argument("--prefill", type=int, default=400, help="--compare-layouts: also time a prefill this long")
+    p.add_argument(
+        "--compare-dtypes",
+        action="store_true",
+        help="also time forwards over 1 / 3 / 8 tokens in float32 and bfloat16 as `--dtype auto` does, and print "
+        "what it would choose (measured now, the cache untouched)",
+    )
     p.add_argument("--out", default="bench-out/verify-cost")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    record: dict = {}
+    if args.compare_dtypes:
+        times = measure_dtypes(load_model(args.target, "float32", "standard").model, progress=True)
+        for name, ms in times.items():
+            print(f"{name:>9}: " + ", ".join(f"{n} tokens {t:.0f} ms" for n, t in zip(MEASURED_SIZES, ms, strict=True)))
+        bf16 = "has" if has_bf16_instructions() else "lacks"
+        print(f"--dtype auto would choose {faster_dtype(times)} (this CPU {bf16} bf16 instructions)")
+        record["dtypes_ms"] = times
     loaded = load_model(args.target, args.dtype)
     target, args.dtype = loaded.model, loaded.dtype  # what `auto` chose
     if args.prefix and not args.fresh:
         p.error("--prefix measures a curve the library does not cache: add --fresh")
     layout = use_weight_layout(target, args.weight_layout, cache_root())
-    record: dict = {}
     if args.compare_layouts:
         times, prefill_ms = compare_layouts(target, layout, args.prefill)
         print("tokens  " + "  ".join(f"{name:>12}" for name in WEIGHT_LAYOUTS) + "   (ms, fastest of 3 rounds)")

@@ -8,6 +8,8 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
 - ours_ar: our autoregressive path; one `ours:DRAFT@K` per `--drafts` entry (speculative, chain of K);
   `DRAFT@K@gate=G` sets a hybrid draft's head gate (`head_min_confidence`, drafts/hybrid.py) to G;
   `DRAFT@K@headk=H` caps a hybrid draft's head chain at H tokens (`head_k`, default HEAD_K);
+  `DRAFT@K@dtype=float32|bfloat16` runs that entry on a second copy of the target loaded in that dtype (the
+  before/after of a dtype change in one interleaved run; HF's methods and ours_ar stay in --dtype);
   `DRAFT@K@tree=dynamic|static` drafts a candidate tree of depth K (head drafts; decoding/tree.py defaults:
   dynamic = EAGLE-2's top-4 expansion kept to 24 nodes, static = EAGLE-1's 25-node shape) instead of a chain;
   `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
@@ -41,7 +43,7 @@ from onlinespec.bench.prompts import source_stream
 from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import make_draft
 from onlinespec.models import DEFAULT_MODEL, cache_root
-from onlinespec.models.resolve import load_model
+from onlinespec.models.resolve import LoadedModel, load_model
 from onlinespec.models.weight_layout import STANDARD, WEIGHT_LAYOUT_MODES, set_weight_layout, use_weight_layout
 from onlinespec.prompting import encode_prompt
 
@@ -152,22 +154,34 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, list[float] | None] = {}  # the verify-cost curve each draft's pipeline used
     # HF's methods run the weights as users load them; ours as the CLI does, or as an entry's layout= says
     layouts = {"hf_plain": STANDARD, "hf_lookup": STANDARD, "ours_ar": ours_layout}
+    others: dict[str, LoadedModel] = {}  # the same target in another dtype, for entries with dtype=, loaded once
+
+    def target_in(dtype: str | None) -> LoadedModel:
+        if dtype in (None, target.dtype):
+            return target
+        if dtype not in others:
+            others[dtype] = load_model(args.target, dtype, args.weight_layout)
+        return others[dtype]
+
     for entry in args.drafts.split(","):
         spec, *options = entry.split("@")
         if spec == "ar":
             options = ["1", *options]
         k, settings = (options[0] if options else ""), dict(o.split("=", 1) for o in options[1:])
-        layouts[f"ours:{entry}"] = settings.get("layout", ours_layout)
-        set_weight_layout(target.model, layouts[f"ours:{entry}"])  # the verify cost is measured in it
+        loaded = target_in(settings.get("dtype"))
+        # an entry in another dtype keeps the layout its own load chose (None: run() leaves it alone)
+        layouts[f"ours:{entry}"] = settings.get("layout", ours_layout) if loaded is target else None
+        if loaded is target:
+            set_weight_layout(target.model, layouts[f"ours:{entry}"])  # the verify cost is measured in it
         if spec == "ar":
-            drafts[f"ours:{entry}"] = (ar, 0)
+            drafts[f"ours:{entry}"] = (ar if loaded is target else Pipeline(loaded, None), 0)
             continue
-        draft = make_draft(spec, target, args.dtype)
+        draft = make_draft(spec, loaded)
         if "gate" in settings:
             draft.head_min_confidence = float(settings["gate"])  # a hybrid draft's head gate (drafts/hybrid.py)
         if "headk" in settings:
             draft.head_k = int(settings["headk"])  # a hybrid draft's head chain cap (drafts/hybrid.py)
-        pipe = Pipeline(target, draft)
+        pipe = Pipeline(loaded, draft)
         curve = pipe.use_verify_cost(settings.get("cost", "auto"))  # decoding/verify_cost.py, as the CLI's default
         curves[f"ours:{entry}"] = None if curve is None else list(curve.relative)
         drafts[f"ours:{entry}"] = (pipe, int(k or 2))
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     def run(method: str, ids: torch.Tensor, n_new: int) -> dict:
-        set_weight_layout(target.model, layouts[method])  # a copy when it changes, before the clock starts
+        if layouts[method] is not None:
+            set_weight_layout(target.model, layouts[method])  # a copy when it changes, before the clock starts
         if method in ("hf_plain", "hf_lookup"):
             lookup = {"prompt_lookup_num_tokens": args.hf_lookup} if method == "hf_lookup" else {}
             tokens, seconds = run_hf(ar, ids, n_new, None, **lookup)

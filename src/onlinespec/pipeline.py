@@ -109,7 +109,7 @@ class Pipeline:
         models/dtype_choice.py), its linear weights in `weight_layout` (models/weight_layout.py; default: the faster
         here), and build `draft` for it in the same dtype; `verify_cost` as in `use_verify_cost` (default: measured)."""
         loaded = load_model(target, dtype, weight_layout)
-        pipe = cls(loaded, make_draft(draft, loaded, loaded.dtype))
+        pipe = cls(loaded, make_draft(draft, loaded))  # the draft in the target's dtype
         pipe.use_verify_cost(verify_cost)
         return pipe
 

@@ -271,7 +271,7 @@ class BenchRunner:
             pipe = Pipeline(target, None)
             pipe.start(warmup_ids, warmup, mode="ar").result()
             return pipe
-        pipe = Pipeline(target, make_draft(s.draft, target, target.dtype))
+        pipe = Pipeline(target, make_draft(s.draft, target))  # in the target's dtype
         curve = pipe.use_verify_cost(s.verify_cost)
         self.progress["verify_cost"] = None if curve is None else list(curve.relative)
         pipe.start(warmup_ids, warmup, mode="spec").result()

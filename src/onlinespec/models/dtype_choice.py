@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from onlinespec.errors import UserError
-from onlinespec.models.machine_cache import read_measurement, write_measurement
+from onlinespec.models.machine_cache import cpuinfo_fields, read_measurement, write_measurement
 
 AUTO = "auto"
 FLOAT32, BFLOAT16 = "float32", "bfloat16"
@@ -45,16 +45,9 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo flags of nativ
 def has_bf16_instructions(cpuinfo: str | None = None) -> bool:
     """Whether the CPU does bf16 arithmetic natively: one of BF16_FLAGS among the `flags` (x86) or `Features`
     (Arm) of /proc/cpuinfo (`cpuinfo`: its text, read from the file when None; False where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            return any(flag in value.split() for flag in BF16_FLAGS)
-    return False
+    fields = cpuinfo_fields(cpuinfo)
+    listed = (fields.get("flags") or fields.get("Features") or "").split()
+    return any(flag in listed for flag in BF16_FLAGS)
 
 
 def measure_dtypes(model: torch.nn.Module, rounds: int = ROUNDS, progress: bool = False) -> dict[str, list[float]]:

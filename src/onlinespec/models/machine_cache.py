@@ -71,18 +71,25 @@ def write_measurement(
     return path
 
 
+def cpuinfo_fields(text: str | None = None) -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (`text`: its contents, read from the file when None); {}
+    where it cannot be read (not Linux)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
 def cpu_signature() -> str:
     """What tells two CPUs of the same name apart: "vendor family/model/stepping, cache, N cpus, flags <sha256[:12]>"
     from /proc/cpuinfo (on other systems: the platform's processor string and the core count)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            name = name.strip()
-            if name in ("vendor_id", "cpu family", "model", "stepping", "cache size", "flags") and name not in fields:
-                fields[name] = value.strip()
-    except OSError:
-        pass
+    fields = cpuinfo_fields()
     flags = hashlib.sha256(" ".join(sorted(fields.get("flags", "").split())).encode()).hexdigest()[:12]
     identity = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
     vendor = fields.get("vendor_id", platform.processor())
@@ -90,10 +97,4 @@ def cpu_signature() -> str:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_fields().get("model name") or platform.processor() or platform.machine()

@@ -45,9 +45,8 @@ def load_model(spec: str, dtype: str | torch.dtype = "float32", weight_layout: s
     """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype` (a name of DTYPES, a
     torch dtype, or "auto": the faster of float32 and bfloat16 on this machine, models/dtype_choice.py), its linear
     weights in `weight_layout` (models/weight_layout.py: "standard" as loaded, "transposed", or "auto")."""
-    if isinstance(dtype, str) and dtype != AUTO:
-        parse_dtype(dtype)  # an unknown name fails before anything is loaded
-    torch_dtype = torch.float32 if dtype == AUTO else parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    # an unknown name fails here, before anything is loaded; auto loads float32 and decides after
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32 if dtype == AUTO else parse_dtype(dtype)
     if not spec or not spec.strip():
         raise UserError("empty model spec: give an embedded name (smollm2-135m), a directory, a .gguf file or a hub id")
     from transformers import AutoModelForCausalLM, AutoTokenizer
