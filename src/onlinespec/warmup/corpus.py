@@ -16,16 +16,20 @@ from tqdm import tqdm
 SOURCES = ("answers", "stdlib", "pydoc")
 
 
-def stdlib_texts() -> Iterator[str]:
+def stdlib_files() -> list[Path]:
     """The standard library's .py files (tests and site-packages excluded), sorted by path."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "site-packages", "idlelib", "lib2to3", "__pycache__"}
-    for path in sorted(root.rglob("*.py")):
-        if skip.isdisjoint(path.relative_to(root).parts):
-            try:
-                yield path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
+    return [path for path in sorted(root.rglob("*.py")) if skip.isdisjoint(path.relative_to(root).parts)]
+
+
+def stdlib_texts() -> Iterator[str]:
+    """The text of each of `stdlib_files()`, in order (unreadable files skipped)."""
+    for path in stdlib_files():
+        try:
+            yield path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
 
 
 def pydoc_texts() -> Iterator[str]:
@@ -51,10 +55,17 @@ def chunked_token_sequences(texts: Iterator[str], tokenizer, seq_len: int, max_t
     return sequences
 
 
-def generate_answers(pipe, prompts: list[str], max_new_tokens: int, cache_file: Path) -> list[list[int]]:
-    """prompt + the target's greedy answer (token ids) for every prompt, decoded by our own autoregressive
-    path (exactly what greedy decoding produces), cached in cache_file (JSON lines keyed by the prompt text) so
-    an interrupted warm-up does not regenerate finished answers."""
+def generate_answers(
+    pipe, prompts: list[str], max_new_tokens: int, cache_file: Path, batch: int = 1
+) -> list[list[int]]:
+    """prompt + the target's greedy answer (token ids) for every prompt, cached in cache_file (JSON lines keyed by
+    the prompt text) so an interrupted warm-up does not regenerate finished answers.
+
+    batch = 1: our own autoregressive path, exactly what greedy decoding produces. batch > 1: transformers'
+    `generate` over left-padded batches of prompts of similar length on the target's device (a GPU, say): the
+    same greedy answers up to the rounding of batched kernels, which can part them at near ties. Either way the
+    answers are only the text; the teacher passes label every position with the target's exact distribution.
+    """
     from onlinespec.decoding.config import GenerationConfig
 
     done: dict[str, list[int]] = {}
@@ -63,12 +74,50 @@ def generate_answers(pipe, prompts: list[str], max_new_tokens: int, cache_file: 
             if line.strip():
                 row = json.loads(line)
                 done[row["prompt"]] = row["ids"]
+    todo = list(dict.fromkeys(p for p in prompts if p not in done))
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
-    with open(cache_file, "a") as fh:
-        for prompt in tqdm([p for p in prompts if p not in done], desc="target answers"):
-            prompt_ids = pipe.encode(prompt)
-            result = pipe.generate(prompt, cfg, mode="ar")
-            done[prompt] = prompt_ids.tolist() + result.token_ids
-            fh.write(json.dumps({"prompt": prompt, "ids": done[prompt]}) + "\n")
+    with open(cache_file, "a") as fh, tqdm(total=len(todo), desc="target answers") as bar:
+        if batch <= 1:
+            groups = [[p] for p in todo]
+        else:  # similar prompt lengths share a batch: little padding
+            encoded = {p: pipe.encode(p).tolist() for p in todo}
+            ordered = sorted(todo, key=lambda p: len(encoded[p]))
+            groups = [ordered[i : i + batch] for i in range(0, len(ordered), batch)]
+        for group in groups:
+            if batch <= 1:
+                prompt_ids = pipe.encode(group[0])
+                answers = [prompt_ids.tolist() + pipe.generate(group[0], cfg, mode="ar").token_ids]
+            else:
+                answers = _batched_answers(pipe, [encoded[p] for p in group], max_new_tokens)
+            for prompt, ids in zip(group, answers, strict=True):
+                done[prompt] = ids
+                fh.write(json.dumps({"prompt": prompt, "ids": ids}) + "\n")
             fh.flush()
+            bar.update(len(group))
     return [done[p] for p in prompts]
+
+
+def _batched_answers(pipe, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy answers to token-id prompts in one left-padded `generate` call: each row is prompt + answer, the
+    answer cut after its first end-of-turn token (kept, as our own decoding keeps it)."""
+    import torch
+
+    model = pipe.target.model
+    pad = pipe.tokenizer.pad_token_id if pipe.tokenizer.pad_token_id is not None else min(pipe.eos_ids)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=sorted(pipe.eos_ids),
+        )
+    rows = []
+    for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
+        stop = next((i + 1 for i, t in enumerate(row) if t in pipe.eos_ids), len(row))
+        rows.append(prompt + row[:stop])
+    return rows

@@ -49,6 +49,11 @@ class WarmupConfig:
     top_k: int = 32  # target probabilities kept per position
     seed: int = 0
     resume: bool = False  # continue an interrupted warm-up in `out`
+    prompts: str | None = None  # a JSONL file of more prompts for the target to answer (warmup/prompt_pool.py)
+    answer_batch: int = 1  # >1: answers from batched `generate` (a GPU), warmup/corpus.py
+    schedule: str = "constant"  # learning-rate schedule, warmup/distill.py SCHEDULES
+    device: str = "cpu"  # where the target's passes and the training run ("cuda" on a GPU machine)
+    init: str | None = None  # start from this saved head (its weights and draft vocabulary) instead of a fresh one
 
 
 def _warmup_prompts() -> tuple[list[str], list[str]]:
@@ -75,9 +80,9 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     """Warm up the head `cfg.kind` for `cfg.target`; it lands in cfg.out/KIND with warmup.json (the returned record,
     which notes `command`, the command line that ran it)."""
     from onlinespec.decoding.config import GenerationConfig
-    from onlinespec.drafts import UnrolledHead, build_head
+    from onlinespec.drafts import build_head, is_unrolled
     from onlinespec.drafts.head_store import load_into, read_head, save_head
-    from onlinespec.drafts.heads import head_feature_layers
+    from onlinespec.drafts.heads import head_feature_layers, load_head
     from onlinespec.models import load_model
     from onlinespec.pipeline import Pipeline
     from onlinespec.warmup.corpus import chunked_token_sequences, generate_answers, pydoc_texts, stdlib_texts
@@ -95,14 +100,21 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     started = time.monotonic()
 
+    device = _device(cfg.device)
     loaded = load_model(cfg.target, "float32")
-    target, tokenizer = loaded.model, loaded.tokenizer
+    target, tokenizer = loaded.model.to(device), loaded.tokenizer
     pipe = Pipeline(loaded, None)
     train_prompts, held_prompts = _warmup_prompts()
+    if cfg.prompts:
+        from onlinespec.bench.prompts import load_prompt_file
+
+        train_prompts += [p.text for p in load_prompt_file(cfg.prompts)]
     sequences: list[list[int]] = []
     sources = list(cfg.sources)
+    answer_prompts: list[str] = []
     if "answers" in sources:
-        sequences += generate_answers(pipe, train_prompts[: cfg.answers], cfg.answer_tokens, out / "answers.jsonl")
+        answer_prompts = train_prompts[: cfg.answers]
+        sequences += generate_answers(pipe, answer_prompts, cfg.answer_tokens, out / "answers.jsonl", cfg.answer_batch)
     corpus = []
     if "stdlib" in sources:
         corpus.append(stdlib_texts())
@@ -121,11 +133,16 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     teacher_s = time.monotonic() - teacher_s
 
     vocab, coverage = None, 1.0
-    if cfg.draft_vocab:
-        always = sorted(pipe.eos_ids)
-        vocab, coverage = choose_draft_vocab(train_batches, cfg.draft_vocab, always)
-    head = build_head(cfg.kind, target, vocab, **({"layout": cfg.eagle_layout} if cfg.kind == "eagle" else {}))
-    if isinstance(head, UnrolledHead):
+    if cfg.init:  # continue a trained head: its weights, layout and draft vocabulary
+        head = load_head(cfg.init, target, cfg.kind).train()
+        vocab = head.vocab.ids if head.vocab.reduced else None
+    else:
+        if cfg.draft_vocab:
+            always = sorted(pipe.eos_ids)
+            vocab, coverage = choose_draft_vocab(train_batches, cfg.draft_vocab, always)
+        head = build_head(cfg.kind, target, vocab, **({"layout": cfg.eagle_layout} if cfg.kind == "eagle" else {}))
+    head.to(device)
+    if is_unrolled(head):
         head.unroll = cfg.unroll
     before = agreement(head, held_batches)
 
@@ -137,9 +154,13 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         print(f"onlinespec: resuming the warm-up from {checkpoint}", file=sys.stderr)
         return torch.load(checkpoint / "trainer.pt")
 
-    distill_cfg = DistillConfig(minutes=cfg.minutes, max_steps=cfg.steps, lr=cfg.lr, seed=cfg.seed)
+    distill_cfg = DistillConfig(
+        minutes=cfg.minutes, max_steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, schedule=cfg.schedule, device=device
+    )
     result = distill(head, train_batches, distill_cfg, checkpoint, lambda d: save_head(d, head, target), resume)
     after = agreement(head, held_batches)
+    target.to("cpu")  # the decoding check runs our engine, which decodes on the CPU
+    head.to("cpu")
     decoding = _decoding_check(loaded, head, held_prompts, GenerationConfig(max_new_tokens=96, k=4))
     record = {
         "command": command,
@@ -149,14 +170,24 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         "data": {
             "sources": sources,
             "warmup_prompts": {k: v - EVAL_PER_STREAM for k, v in WARMUP_STREAMS.items()},
-            "answered_prompts": min(cfg.answers, len(train_prompts)) if "answers" in sources else 0,
+            "answered_prompts": len(answer_prompts) if "answers" in sources else 0,
+            "prompt_file": _file_record(cfg.prompts) if cfg.prompts else None,
+            "answer_tokens": cfg.answer_tokens,
             "sequences": len(train),
             "train_tokens": sum(b.tokens for b in train_batches),
             "held_out_tokens": sum(b.tokens for b in held_batches),
         },
-        "draft_vocab": {"size": int(vocab.numel()) if vocab is not None else None, "top1_coverage": coverage},
+        "init": _file_record(str(Path(cfg.init) / "model.safetensors")) | {"head": str(cfg.init)} if cfg.init else None,
+        "draft_vocab": {
+            "size": int(vocab.numel()) if vocab is not None else None,
+            "top1_coverage": coverage if not cfg.init else None,  # an initial head brings its own vocabulary
+        },
         "teacher_s": teacher_s,
+        "device": _device_name(device),
         "train_minutes": cfg.minutes,
+        "lr": cfg.lr,
+        "schedule": cfg.schedule,
+        "batch_tokens": cfg.batch_tokens,
         **result,
         "held_out_top1_agreement": {"untrained": before, "warmed_up": after},
         "held_out_decoding": decoding,
@@ -165,6 +196,27 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     save_head(out / cfg.kind, head, target, extra={"warmup": record})
     (out / cfg.kind / "warmup.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _device(name: str) -> str:
+    """`name` checked: "cpu", or a CUDA device this machine has."""
+    if name == "cpu":
+        return name
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: this machine has no CUDA GPU that torch can use; leave out --device")
+        return name
+    raise UserError(f"--device takes cpu or cuda (cuda:N), not '{name}'")
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+
+
+def _file_record(path: str) -> dict:
+    """Name, size and SHA-256 of an input file, so warmup.json says exactly which data made the head."""
+    data = Path(path).read_bytes()
+    return {"name": Path(path).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _decoding_check(loaded, head, prompts: list[str], cfg) -> dict:

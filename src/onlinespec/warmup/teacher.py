@@ -31,6 +31,10 @@ class TeacherBatch:
     def tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def to(self, device: str | torch.device) -> TeacherBatch:
+        """The same batch with every tensor on `device` (a training step on a GPU reads it there)."""
+        return TeacherBatch(**{name: value.to(device) for name, value in self.__dict__.items()})
+
 
 @torch.inference_mode()
 def teacher_pass(
@@ -39,7 +43,8 @@ def teacher_pass(
     """One batched target forward (no KV cache, causal, right padding) over `sequences`; features = the hidden
     states `feature_layers` (transformers' `hidden_states` indices, -1 = the last, normed) concatenated."""
     width = max(len(s) for s in sequences)
-    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences])
+    device = next(target.parameters()).device  # the passes run where the target is; the batch lands on the CPU
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=device)
     last_only = tuple(feature_layers) == (-1,)
     out = decoder_of(target)(input_ids=ids, use_cache=False, output_hidden_states=not last_only)
     hidden = out.last_hidden_state  # [B, T, d]
@@ -52,11 +57,11 @@ def teacher_pass(
         top_ids.append(index.int())
         top_probs.append(values.half())
     return TeacherBatch(
-        ids=ids,
+        ids=ids.cpu(),
         lengths=torch.tensor([len(s) for s in sequences]),
-        features=features.half(),
-        top_ids=torch.stack(top_ids),
-        top_probs=torch.stack(top_probs),
+        features=features.half().cpu(),
+        top_ids=torch.stack(top_ids).cpu(),
+        top_probs=torch.stack(top_probs).cpu(),
     )
 
 
