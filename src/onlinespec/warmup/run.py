@@ -189,7 +189,8 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         "schedule": cfg.schedule,
         "batch_tokens": cfg.batch_tokens,
         **result,
-        "held_out_top1_agreement": {"untrained": before, "warmed_up": after},
+        # before training: an untrained head's agreement, or with --init the initial head's
+        "held_out_top1_agreement": {"initial" if cfg.init else "untrained": before, "warmed_up": after},
         "held_out_decoding": decoding,
         "total_s": time.monotonic() - started,
     }
