@@ -128,3 +128,11 @@ def test_warmup_can_continue_a_saved_head_with_its_vocabulary(model_dir, tmp_pat
     assert any(not torch.equal(more[n], first[n]) for n in first if n != "draft_vocab_ids")
     assert json.loads((tmp_path / "more" / "eagle" / "config.json").read_text())["unroll"] == 3
     assert warmup(model_dir, tmp_path / "bad", 1, "--init", str(tmp_path / "missing")) == 2
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error(model_dir, tmp_path, capsys) -> None:
+    if not torch.cuda.is_available():
+        assert warmup(model_dir, tmp_path / "gpu", 1, "--device", "cuda") == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert warmup(model_dir, tmp_path / "tpu", 1, "--device", "tpu") == 2
+    assert "--device takes cpu or cuda" in capsys.readouterr().err
