@@ -24,10 +24,8 @@ from onlinespec.bench.prompts import load_prompt_file
 from onlinespec.drafts import make_draft
 from onlinespec.models import DEFAULT_MODEL, load_model
 from onlinespec.warmup.distill import agreement
-from onlinespec.warmup.run import _warmup_prompts
+from onlinespec.warmup.run import HELD_OUT_EVERY, warmup_prompts
 from onlinespec.warmup.teacher import teacher_batches
-
-HELD_OUT_EVERY = 20  # warmup/run.py holds out sequences[::20]
 
 
 def held_out_sequences(answers: Path, prompts: Path | None, limit: int) -> list[list[int]]:
@@ -37,7 +35,7 @@ def held_out_sequences(answers: Path, prompts: Path | None, limit: int) -> list[
         if line.strip():
             row = json.loads(line)
             done[row["prompt"]] = row["ids"]
-    order = _warmup_prompts()[0] + ([p.text for p in load_prompt_file(prompts)] if prompts else [])
+    order = warmup_prompts()[0] + ([p.text for p in load_prompt_file(prompts)] if prompts else [])
     sequences = [done[p] for p in order if p in done]
     return sequences[::HELD_OUT_EVERY][:limit]
 

@@ -75,20 +75,18 @@ def generate_answers(
                 row = json.loads(line)
                 done[row["prompt"]] = row["ids"]
     todo = list(dict.fromkeys(p for p in prompts if p not in done))
+    encoded = {p: pipe.encode(p) for p in todo}  # LongTensor [T] each
+    if batch > 1:  # similar prompt lengths share a batch: little padding
+        todo.sort(key=lambda p: len(encoded[p]))
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     with open(cache_file, "a") as fh, tqdm(total=len(todo), desc="target answers") as bar:
-        if batch <= 1:
-            groups = [[p] for p in todo]
-        else:  # similar prompt lengths share a batch: little padding
-            encoded = {p: pipe.encode(p).tolist() for p in todo}
-            ordered = sorted(todo, key=lambda p: len(encoded[p]))
-            groups = [ordered[i : i + batch] for i in range(0, len(ordered), batch)]
-        for group in groups:
-            if batch <= 1:
-                prompt_ids = pipe.encode(group[0])
-                answers = [prompt_ids.tolist() + pipe.generate(group[0], cfg, mode="ar").token_ids]
+        for start in range(0, len(todo), batch):
+            group = todo[start : start + batch]
+            if batch > 1:
+                answers = _batched_answers(pipe, [encoded[p].tolist() for p in group], max_new_tokens)
             else:
-                answers = _batched_answers(pipe, [encoded[p] for p in group], max_new_tokens)
+                ids = encoded[group[0]]
+                answers = [ids.tolist() + pipe.start(ids, cfg, mode="ar").result().token_ids]
             for prompt, ids in zip(group, answers, strict=True):
                 done[prompt] = ids
                 fh.write(json.dumps({"prompt": prompt, "ids": ids}) + "\n")

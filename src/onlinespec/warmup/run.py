@@ -25,6 +25,7 @@ from onlinespec.models import DEFAULT_MODEL
 DATA_SOURCES = ("answers", "stdlib", "pydoc")
 WARMUP_STREAMS = {"humaneval": 40, "spider": 40, "finance": 24}  # the first items of each stream (paper protocol)
 EVAL_PER_STREAM = 2  # the last warm-up prompts of each stream are held out for the final check
+HELD_OUT_EVERY = 20  # every 20th sequence (answers first, then corpus) is held out for the agreement figure
 
 
 @dataclass
@@ -56,7 +57,7 @@ class WarmupConfig:
     init: str | None = None  # start from this saved head (its weights and draft vocabulary) instead of a fresh one
 
 
-def _warmup_prompts() -> tuple[list[str], list[str]]:
+def warmup_prompts() -> tuple[list[str], list[str]]:
     """(training prompts, held-out prompts) from the warm-up slices of the prompt streams (bench/prompts.py)."""
     from onlinespec.bench.prompts import STREAMS
 
@@ -104,7 +105,7 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     loaded = load_model(cfg.target, "float32")
     target, tokenizer = loaded.model.to(device), loaded.tokenizer
     pipe = Pipeline(loaded, None)
-    train_prompts, held_prompts = _warmup_prompts()
+    train_prompts, held_prompts = warmup_prompts()
     if cfg.prompts:
         from onlinespec.bench.prompts import load_prompt_file
 
@@ -122,8 +123,8 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         corpus.append(pydoc_texts())
     for texts in corpus:
         sequences += chunked_token_sequences(texts, tokenizer, cfg.seq_len, cfg.corpus_tokens // len(corpus))
-    held = sequences[::20]  # every 20th sequence is held out for the agreement figure
-    train = [s for i, s in enumerate(sequences) if i % 20]
+    held = sequences[::HELD_OUT_EVERY]
+    train = [s for i, s in enumerate(sequences) if i % HELD_OUT_EVERY]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     layers = head_feature_layers(cfg.kind, target)  # EAGLE-3 reads inner layers too: its own teacher cache
     cache = out / f"teacher-{_fingerprint(sequences, cfg.top_k, layers)}"
