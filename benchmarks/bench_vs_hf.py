@@ -10,8 +10,9 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
   `DRAFT@K@headk=H` caps a hybrid draft's head chain at H tokens (`head_k`, default HEAD_K);
   `DRAFT@K@dtype=float32|bfloat16` runs that entry on a second copy of the target loaded in that dtype (the
   before/after of a dtype change in one interleaved run; HF's methods and ours_ar stay in --dtype);
-  `DRAFT@K@tree=dynamic|static` drafts a candidate tree of depth K (head drafts; decoding/tree.py defaults:
-  dynamic = EAGLE-2's top-4 expansion kept to 24 nodes, static = EAGLE-1's 25-node shape) instead of a chain;
+  `DRAFT@K@tree=dynamic|static` drafts a candidate tree of depth K (head drafts and the hybrid, whose lookup
+  matches stay chains of up to K; decoding/tree.py defaults: dynamic = EAGLE-2's top-4 expansion kept to 24 nodes,
+  static = EAGLE-1's 25-node shape) instead of a chain; `@nodes=N` keeps N nodes of a dynamic tree;
   `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
   verify cost pays, decoding/verify_cost.py); `DRAFT@K@layout=standard|transposed` runs that entry with the target's
   weights in that layout (default: `--weight-layout`, models/weight_layout.py). Options combine:
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         curves[f"ours:{entry}"] = None if curve is None else list(curve.relative)
         drafts[f"ours:{entry}"] = (pipe, int(k or 2))
         if "tree" in settings:  # a head draft's candidate tree of depth K (decoding/tree.py)
-            trees[f"ours:{entry}"] = TreeConfig(settings["tree"], depth=int(k or 5))
+            nodes = int(settings.get("nodes", TreeConfig.total_tokens))  # a dynamic tree's nodes kept
+            trees[f"ours:{entry}"] = TreeConfig(settings["tree"], depth=int(k or 5), total_tokens=nodes)
     methods = ["hf_plain", *(["hf_lookup"] if args.hf_lookup else []), "ours_ar", *drafts]
     prompts = [
         (name, i, encode_prompt(target.tokenizer, p.chat()))

@@ -15,6 +15,7 @@ from onlinespec.bench.prompts import load_prompt_file, load_prompts
 from onlinespec.bench.runner import BenchSettings, round_record
 from onlinespec.cli import main
 from onlinespec.decoding.metrics import RequestStats
+from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import DEFAULT_K
 from onlinespec.errors import UserError
 from onlinespec.online.learners import LearnerConfig
@@ -160,6 +161,19 @@ def test_resume_after_an_interruption_reproduces_the_same_rounds(setup, full_run
     for method in METHODS:
         for key in ("tau", "alpha", "new_tokens", "rounds", "greedy_mismatches"):
             assert results_b["methods"][method][key] == results_a["methods"][method][key]
+
+
+def test_a_tree_run_decodes_with_trees_keeps_greedy_output_and_records_the_tree(setup) -> None:
+    """The hybrid with a dynamic tree (its head's tree where the lookup does not match), learners included."""
+    tree = TreeConfig("dynamic", depth=3, top_k=2, total_tokens=6)
+    settings = settings_for(setup, draft="hybrid:eagle:fresh", methods=("ar", "static", "count", "ogd"), tree=tree)
+    stream = load_prompts(str(setup / "prompts.jsonl"), 4)
+    results = run_bench(settings, stream, setup / "tree-run", show_progress=False)
+    assert results["config"]["settings"]["tree"] == {**vars(tree)}
+    assert "tree" not in settings_for(setup).to_dict()  # chain runs record no tree: older checkpoints resume
+    for method in ("static", "count", "ogd"):
+        row = results["methods"][method]
+        assert row["greedy_mismatches"] == 0 and row["drafted"] > 0, (method, row)
 
 
 def test_custom_jsonl_stream_reads_prompts_and_chat_messages(setup) -> None:

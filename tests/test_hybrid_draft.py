@@ -16,6 +16,7 @@ from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.decoding.sampling import SamplingConfig
+from onlinespec.decoding.tree import TreeConfig, TreeProposal, top_path
 from onlinespec.drafts import make_draft
 from onlinespec.drafts.eagle import EagleDraft
 from onlinespec.drafts.heads import build_head
@@ -124,6 +125,44 @@ def test_the_lookup_drafts_where_the_request_repeats_itself_and_the_head_caps_at
     draft.begin(fresh, target(fresh[None], output_hidden_states=True).hidden_states[-1][0])
     proposal = draft.propose(torch.cat([fresh, fresh[:1]]), 5, GREEDY, None)  # no 2-token match in it
     assert proposal.tokens.numel() == 2 and draft.steps == {"lookup": 1, "head": 1}
+
+
+@pytest.mark.parametrize(("seed", "kind"), [(0, "dynamic"), (1, "static"), (2, "dynamic")])
+def test_greedy_output_with_trees_equals_autoregressive_output(seed: int, kind: str) -> None:
+    """With a tree requested, lookup steps are verified as chains and head steps as trees: greedy output unchanged."""
+    target = tiny_llama(seed=seed)
+    draft = hybrid(target, seed=seed)
+    engine = SpeculativeEngine(target, draft)
+    cfg = GenerationConfig(max_new_tokens=40, tree=TreeConfig(kind, depth=4, top_k=3, total_tokens=10))
+    for prompt in (repeating_prompt(seed), torch.randint(0, VOCAB, (10,), generator=torch.Generator().manual_seed(9))):
+        expected, _ = run_ar(target, prompt, GenerationConfig(max_new_tokens=40))
+        got, stats = run_spec(engine, prompt, cfg)
+        assert got == expected and stats.target_forwards < len(got)
+    assert draft.steps["lookup"] > 0 and draft.steps["head"] > 0
+
+
+def test_a_tree_request_gets_the_lookups_chain_where_it_matches_and_the_heads_tree_elsewhere() -> None:
+    target = tiny_llama(seed=3)
+    draft = hybrid(target)
+    tree = TreeConfig("dynamic", depth=3, top_k=2, total_tokens=5)
+    prompt = repeating_prompt(3)
+    draft.begin(prompt, target(prompt[None], output_hidden_states=True).hidden_states[-1][0])
+    chain = draft.propose_tree(torch.cat([prompt, prompt[3:4]]), tree, 4)  # the phrase's start matched
+    assert isinstance(chain, Proposal) and chain.tokens.tolist() == prompt[4:8].tolist() and chain.source == "request"
+    fresh = torch.randint(0, VOCAB, (9,), generator=torch.Generator().manual_seed(4))
+    draft.begin(fresh, target(fresh[None], output_hidden_states=True).hidden_states[-1][0])
+    candidates = draft.propose_tree(torch.cat([fresh, fresh[:1]]), tree, 3)  # no match: the head's tree
+    assert isinstance(candidates, TreeProposal) and len(candidates.parents) == 5 and max(candidates.depths) <= 3
+    assert draft.steps == {"lookup": 1, "head": 1}
+
+
+def test_top_path_follows_the_most_probable_child_at_every_node() -> None:
+    """Root children 0 (logit 1) and 1 (logit 3); node 1's children 2 (logit 0) and 3 (logit 2); node 0's child 4."""
+    logits = torch.full((5, 6), -9.0)
+    for node, (token, logit) in enumerate([(5, 1.0), (4, 3.0), (2, 0.0), (1, 2.0), (3, 5.0)]):
+        logits[node, token] = logit
+    tree = TreeProposal(tokens=torch.tensor([5, 4, 2, 1, 3]), parents=[-1, -1, 1, 1, 0], logits=logits)
+    assert top_path(tree).tolist() == [4, 1]  # node 4's logit 5 sits below the less probable root child
 
 
 def test_the_head_gate_cuts_the_chain_before_the_first_unlikely_token() -> None:

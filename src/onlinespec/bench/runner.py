@@ -25,6 +25,7 @@ from onlinespec.bench.methods import method_config, split_method
 from onlinespec.bench.prompts import Prompt, Stream
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.metrics import RequestStats
+from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.drafts.source_gate import counts_between, source_counts
 from onlinespec.errors import UserError
@@ -62,6 +63,7 @@ class BenchSettings:
     chat: bool = True
     seed: int = 0
     online: OnlineConfig = field(default_factory=OnlineConfig)  # learner, round size and schedule are set per method
+    tree: TreeConfig = field(default_factory=TreeConfig)  # chain (k tokens), or a candidate tree (decoding/tree.py)
 
     def __post_init__(self) -> None:
         check_methods(self.methods)
@@ -86,6 +88,8 @@ class BenchSettings:
         out = json.loads(json.dumps(asdict(self)))
         for name in _PER_METHOD:
             out["online"].pop(name)
+        if self.tree.kind == "chain":  # recorded for tree runs only: chain runs saved before trees still resume
+            out.pop("tree")
         return out
 
 
@@ -266,7 +270,7 @@ class BenchRunner:
     def _pipeline(self, method: str, target: LoadedModel, warmup_ids: torch.Tensor) -> Pipeline:
         """The method's pipeline, after one untimed request (before learning is attached: it teaches nothing)."""
         s = self.settings
-        warmup = GenerationConfig(max_new_tokens=WARMUP_TOKENS, k=s.k)
+        warmup = GenerationConfig(max_new_tokens=WARMUP_TOKENS, k=s.k, tree=s.tree)
         if method == REFERENCE:
             pipe = Pipeline(target, None)
             pipe.start(warmup_ids, warmup, mode="ar").result()
@@ -303,7 +307,7 @@ class BenchRunner:
         from tqdm import tqdm
 
         s, progress, prompts = self.settings, self.progress, self.stream.online
-        cfg = GenerationConfig(max_new_tokens=s.max_new_tokens, k=s.k)
+        cfg = GenerationConfig(max_new_tokens=s.max_new_tokens, k=s.k, tree=s.tree)
         for method in s.methods:
             progress["outputs"].setdefault(method, [])
         requests: dict[str, list[RequestStats]] = {m: [] for m in s.methods}  # this round's, per method

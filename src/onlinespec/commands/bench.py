@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 
 from onlinespec.commands.common import quiet_transformers
-from onlinespec.commands.flags import add_draft_flags, add_learning_flags, add_model_flags, online_config_from_args
+from onlinespec.commands.flags import (
+    add_draft_flags,
+    add_learning_flags,
+    add_model_flags,
+    add_tree_flags,
+    online_config_from_args,
+    tree_config_from_args,
+)
 from onlinespec.errors import UserError
 
 NAME = "bench"
@@ -66,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_flags(bench)
     add_draft_flags(bench, k_help="drafted tokens per verify step (default: the draft's own, as for generate)")
+    add_tree_flags(bench)
     bench.add_argument("--max-new-tokens", type=int, default=None, help="(default: the preset's)")
     bench.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     bench.add_argument("--seed", type=int, default=0, help="torch seed, recorded (default: %(default)s)")
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         chat=not args.no_chat,
         seed=args.seed,
         online=online_config_from_args(args),
+        tree=tree_config_from_args(args),
     )
     out = Path(args.out or f"bench-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet_transformers()

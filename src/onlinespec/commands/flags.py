@@ -65,7 +65,7 @@ def add_tree_flags(parser: argparse.ArgumentParser) -> None:
     """Draft tree flags (decoding/tree.py), shared by every command that decodes."""
     from onlinespec.decoding.tree import TREE_KINDS
 
-    group = parser.add_argument_group("draft trees (head drafts, greedy only)")
+    group = parser.add_argument_group("draft trees (head drafts and the hybrid, greedy only)")
     group.add_argument(
         "--tree",
         choices=TREE_KINDS,
@@ -156,6 +156,7 @@ def learning_flags() -> tuple[ConfigFlag, ...]:
             options={"choices": HEDGE_RATES},
         ),
         ConfigFlag(L, "share", "ensemble: fixed-share mixing of the Hedge weights each round, 0 = off"),
+        ConfigFlag(L, "lr_warmup", "ramp the step size linearly over the first N updates, 0 = off"),
         ConfigFlag(O, "batch_requests", "requests per mini-batch of a round's update, 0 = the whole round in one"),
         ConfigFlag(O, "epochs", "passes of a round's update over its mini-batches"),
         ConfigFlag(

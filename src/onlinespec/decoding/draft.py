@@ -48,8 +48,10 @@ class Draft(Protocol):
         """Draft k tokens continuing the committed sequence ids: LongTensor [L]. A draft that cannot look k
         tokens ahead (Medusa/Hydra with H < k heads) proposes fewer; the engine verifies what it gets."""
 
-    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
-        """Draft a greedy candidate tree (decoding/tree.py) of depth <= max_depth continuing ids [L]."""
+    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal | Proposal:
+        """Draft a greedy candidate tree (decoding/tree.py) of depth <= max_depth continuing ids [L]. A draft with
+        several sources may answer with a chain of <= max_depth tokens on a step where one source's chain is its
+        guess (the hybrid's lookup match); the engine then verifies it as a chain."""
 
     def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
         """The target accepted `num_accepted` drafted tokens (along the chain, or a tree path); roll internal

@@ -13,7 +13,7 @@ import torch
 
 from onlinespec.decoding.autoregressive import choose_token
 from onlinespec.decoding.config import DEFAULT_K, GenerationConfig
-from onlinespec.decoding.draft import Draft
+from onlinespec.decoding.draft import Draft, Proposal
 from onlinespec.decoding.feedback import FeedbackListener, FeedbackRecord
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.decoding.metrics import RequestStats
@@ -135,6 +135,12 @@ class SpeculativeEngine:
     def _speculative_step(self, ids, length, k, cache, cfg, generator, stats: RequestStats, step: int) -> list[int]:
         tic = time.perf_counter()
         proposal = self.draft.propose(ids[:length], k, cfg.sampling, generator)
+        return self._verify_chain(proposal, tic, ids, length, cache, cfg, generator, stats, step)
+
+    def _verify_chain(
+        self, proposal: Proposal, tic: float, ids, length, cache, cfg, generator, stats: RequestStats, step: int
+    ) -> list[int]:
+        """Verify a drafted chain (drafted since `tic`) in one target forward; returns the committed new ids."""
         if self.verify_cost is not None:
             proposal = cut_proposal(proposal, self.verify_cost, self.request_acceptance.of(proposal.source))
         toc = time.perf_counter()
@@ -200,6 +206,8 @@ class SpeculativeEngine:
         """Greedy verification of a whole draft tree in ONE target forward (decoding/tree.py)."""
         tic = time.perf_counter()
         tree = self.draft.propose_tree(ids[:length], cfg.tree, max_depth)
+        if isinstance(tree, Proposal):  # a draft with several sources chose a chain this step (drafts/hybrid.py)
+            return self._verify_chain(tree, tic, ids, length, cache, cfg, None, stats, step)
         toc = time.perf_counter()
         stats.draft_s += toc - tic
 

@@ -127,6 +127,20 @@ def additive_mask(visible: torch.Tensor, past: int, dtype: torch.dtype) -> torch
     return mask[None, None]
 
 
+def top_path(tree: TreeProposal) -> torch.Tensor:
+    """The tokens of the tree's most probable chain: from the root, the child the draft ranked highest at every
+    node (siblings share their parent's distribution, so their logits compare). LongTensor [depth of that path]."""
+    best: dict[int, int] = {}  # parent -> its most probable child
+    for i, parent in enumerate(tree.parents):
+        if parent not in best or tree.logits[i, tree.tokens[i]] > tree.logits[best[parent], tree.tokens[best[parent]]]:
+            best[parent] = i
+    path, node = [], best.get(-1)
+    while node is not None:
+        path.append(node)
+        node = best.get(node)
+    return tree.tokens[path]
+
+
 def greedy_tree_walk(target_logits: torch.Tensor, tokens: torch.Tensor, parents: list[int]) -> tuple[list[int], int]:
     """target_logits [N+1, V] at root + nodes. Returns (accepted node indices from the root down, bonus token)."""
     children: dict[int, list[int]] = {}

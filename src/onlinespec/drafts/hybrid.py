@@ -26,8 +26,14 @@ Both drafts keep their request state: the head is told every committed token and
 `commit`, whichever draft proposed (an EAGLE head feeds the features it has not seen at its next proposal).
 Online learning (online/hybrid_session.py) trains both parts: the head by gradient (the hybrid is a
 `TrainableDraft` through it) and the lookup's shared index of earlier traffic by counting (a `CountingDraft`
-through it), so text the server has seen before is drafted by lookup in later requests. Chains only: the head
-alone drafts trees (`--draft eagle --tree ...`).
+through it), so text the server has seen before is drafted by lookup in later requests.
+
+Trees (`--tree static|dynamic`, greedy only): a lookup match is still one chain, verified as a chain; where nothing
+matches, the head drafts its candidate tree, verified in one forward. Measured on the avx512_bf16 EPYC (bf16, 6
+prompts of HumanEval, Spider and WritingBench, 96 tokens, one run; docs/benchmarks.md): tau 2.31-2.52 against the
+chain's 1.95, yet 0.87-0.98x its speed, because a verify over 9 / 25 positions costs 1.2 / 1.5 one-token steps
+there and the head's tree takes 5 small forwards: the chain stays the default; a machine where a wide verify is
+nearly free (a GPU) is where the tree pays.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch
 
 from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.sampling import SamplingConfig
-from onlinespec.decoding.tree import TreeConfig, TreeProposal
+from onlinespec.decoding.tree import TreeConfig, TreeProposal, top_path
 from onlinespec.drafts.causal_lm import target_vocab_size
 from onlinespec.drafts.head_draft import HeadDraft
 from onlinespec.drafts.lookup import LookupDraft
@@ -61,7 +67,7 @@ GREEDY = SamplingConfig()  # the shared index's held-back proposal is its most f
 class HybridDraft:
     """Lookup where it matches, the head elsewhere (module docstring). Scores each source's proposals."""
 
-    supports_tree = False
+    supports_tree = True  # the head's tree where the lookup does not match (propose_tree)
 
     def __init__(
         self,
@@ -103,6 +109,32 @@ class HybridDraft:
     ) -> Proposal:
         """ids [L] committed tokens -> the lookup's proposal (1..k tokens) if it matches (earlier traffic's only
         while the gate is open), else the head's min(k, head_k). The gate is decided before anything is drawn."""
+        matched = self._lookup_proposal(ids, k, sampling, generator)
+        if matched is not None:
+            return matched
+        proposal = self.head.propose(ids, min(k, self.head_k), sampling, generator)
+        self.gate.proposed("head", ids, proposal.tokens, drafted=True)
+        return replace(self._confident_prefix(proposal), source="head")
+
+    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal | Proposal:
+        """Greedy only (the engine refuses trees when sampling). ids [L] -> the lookup's chain of up to max_depth
+        tokens where it matches, exactly as `propose` (verified as a chain), else the head's candidate tree of
+        depth <= max_depth, verified in one forward. A match is one long guess; where there is none the head's
+        guesses fade with depth, and a tree spends the verify's spare positions on its other likely branches. The
+        gate scores the tree's most probable chain (what the head would have drafted as a chain)."""
+        matched = self._lookup_proposal(ids, max_depth, GREEDY, None)
+        if matched is not None:
+            return matched
+        candidates = self.head.propose_tree(ids, tree, max_depth)
+        self.gate.proposed("head", ids, top_path(candidates), drafted=True)
+        return candidates
+
+    def _lookup_proposal(
+        self, ids: torch.Tensor, k: int, sampling: SamplingConfig, generator: torch.Generator | None
+    ) -> Proposal | None:
+        """The lookup's proposal of 1..k tokens continuing ids [L], tagged with its source, or None (no match).
+        Settles the gate first; with earlier traffic's index gated out, its would-be proposal is scored anyway so
+        that the gate can reopen."""
         self.gate.settle(ids)
         shared_open = self.gate.shared_open()
         proposal = self.lookup.propose(ids, k, sampling, generator, use_shared=shared_open)
@@ -113,9 +145,7 @@ class HybridDraft:
             held_back = self.lookup.propose(ids, k, GREEDY, None)
             if held_back.tokens.numel() and self.lookup.last_source == "shared":
                 self.gate.proposed("shared", ids, held_back.tokens, drafted=False)
-        proposal = self.head.propose(ids, min(k, self.head_k), sampling, generator)
-        self.gate.proposed("head", ids, proposal.tokens, drafted=True)
-        return replace(self._confident_prefix(proposal), source="head")
+        return None
 
     def _confident_prefix(self, proposal: Proposal) -> Proposal:
         """The head's chain up to (not including) the first token i where prod_{j<i} q_j(x_j) * max q_i falls below
@@ -132,9 +162,6 @@ class HybridDraft:
             n = i + 1
         probs = None if proposal.probs is None else proposal.probs[:n]
         return Proposal(tokens=proposal.tokens[:n], logits=proposal.logits[:n], probs=probs)
-
-    def propose_tree(self, ids: torch.Tensor, tree: TreeConfig, max_depth: int) -> TreeProposal:
-        raise NotImplementedError("the hybrid draft proposes chains only (supports_tree = False)")
 
     def commit(self, num_accepted: int, features: torch.Tensor | None = None) -> None:
         """Both drafts learn what was committed (the head its features, whoever proposed)."""
