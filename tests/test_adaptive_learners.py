@@ -292,6 +292,48 @@ def test_update_norm_ratio_by_hand_and_undefined_at_zero():
     assert info["update_norm_ratio"] is None  # ||w_t|| = 0: no ratio
 
 
+# ---- the step-size ramp (lr_warmup) ---------------------------------------------------------------------------------
+
+
+def test_lr_warmup_ramps_the_textbook_step_by_hand():
+    # eta = 0.5, lr_warmup = 4, gradient 1 every round: eta_t = 0.5 * t / 4 for t <= 4, then 0.5.
+    # w: -0.125, -0.375, -0.75, -1.25, -1.75
+    params = vec(0.0)
+    learner = make_learner("ogd", params, LearnerConfig(lr=0.5, clip=0.0, lr_warmup=4))
+    seen = []
+    for _ in range(5):
+        learner.update(linear([[1.0]]))
+        seen.append(float(params[0]))
+    assert seen == pytest.approx([-0.125, -0.375, -0.75, -1.25, -1.75])
+
+
+def test_lr_warmup_shrinks_adams_first_step_whatever_the_gradient_scale():
+    # Adam's first u is m_hat / sqrt(v_hat) = g / |g| (up to eps): every coordinate moves by eta, tiny gradient or not.
+    # With lr_warmup = 10 the first update moves each by eta / 10.
+    for warmup, moved in ((0, 0.1), (10, 0.01)):
+        params = vec(0.0, 0.0)
+        make_learner("ogd", params, LearnerConfig(lr=0.1, clip=0.0, step="adam", lr_warmup=warmup)).update(
+            linear([[1e-3, -5.0]])
+        )
+        assert params[0].tolist() == pytest.approx([-moved, moved], rel=1e-4)
+
+
+@pytest.mark.parametrize(("name", "fields"), [("ogd", {}), ("optimistic", {"step": "adam"}), ("ensemble", {})])
+def test_lr_warmup_is_a_smaller_eta_in_every_learners_first_rounds(name, fields):
+    """After one round, lr_warmup = 3 equals eta / 3 without a ramp; the ramp then climbs to eta (round 3 on)."""
+    grads = [two_tensors(200 + t) for t in range(4)]
+    ramped = make_learner(name, two_tensors(0), LearnerConfig(lr=0.3, clip=0.0, lr_warmup=3, **fields))
+    third = make_learner(name, two_tensors(0), LearnerConfig(lr=0.1, clip=0.0, **fields))
+    ramped.update(quadratic(grads[0]))
+    third.update(quadratic(grads[0]))
+    for a, b in zip(ramped.params, third.params, strict=True):
+        torch.testing.assert_close(a, b)
+    assert ramped.warmup() == pytest.approx(2 / 3)  # the factor of the update played next
+    ramped.update(quadratic(grads[1]))
+    ramped.update(quadratic(grads[2]))
+    assert ramped.warmup() == 1.0
+
+
 # ---- state: exact resume mid-stream, through torch.save and the --draft-state store ---------------------------------
 
 ADAPTIVE_CASES = [
@@ -301,6 +343,7 @@ ADAPTIVE_CASES = [
     ("optimistic", {"step": "adam", "hint_ema": 0.5}),
     ("ensemble", {"step": "adam", "lr_grid": "centred", "hedge_rate": "anytime", "share": 0.1}),
     ("ensemble", {"step": "adagrad", "share": 0.05}),
+    ("ogd", {"step": "adam", "lr_warmup": 5}),  # mid-ramp at the interruption: the ramp continues where it was
 ]
 
 

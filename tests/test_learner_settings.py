@@ -38,6 +38,7 @@ REFUSED = [
     ("step", "sgd "),
     ("lr_grid", "centered"),
     ("hedge_rate", "anytime "),
+    ("lr_warmup", -1),
 ]
 ACCEPTED = [
     ("lr", 1e-12),
@@ -56,6 +57,8 @@ ACCEPTED = [
     ("hint_ema", 0.0),
     ("share", 0.0),
     ("share", 1.0),
+    ("lr_warmup", 0),
+    ("lr_warmup", 1),
 ]
 
 
@@ -90,6 +93,7 @@ def test_defaults_are_the_documented_ones() -> None:
         "lr_grid": "up",
         "hedge_rate": "fixed",
         "share": 0.0,
+        "lr_warmup": 0,
     }
 
 

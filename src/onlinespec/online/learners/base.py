@@ -66,6 +66,9 @@ class LearnerConfig:
     lr_grid: str = "up"  # ensemble grid: up = lr * lr_ratio**i; centred = lr * lr_ratio**(i - (experts - 1) / 2)
     hedge_rate: str = "fixed"  # fixed = gamma; anytime = gamma * sqrt(8 ln N / t) / B_t (B_t: max expert-loss spread)
     share: float = 0.0  # ensemble fixed-share mixing p <- (1 - share) p + share / N each round; 0 = off
+    # eta_t = eta * min(1, t / lr_warmup) for update t = 1, 2, ... (0 = off): a ramp for the per-coordinate steps,
+    # whose first updates move EVERY coordinate by about eta (Adam's first u is sign(g)), however small its gradient
+    lr_warmup: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,6 +92,7 @@ class LearnerConfig:
                 f"hedge_rate must be one of {', '.join(HEDGE_RATES)} (got {self.hedge_rate!r})",
             ),
             (0 <= self.share <= 1, f"share must be in [0, 1], 0 turns fixed-share off (got {self.share})"),
+            (self.lr_warmup >= 0, f"lr_warmup must be a whole number >= 0, 0 = off (got {self.lr_warmup})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -149,6 +153,10 @@ class BaseLearner:
 
     def update(self, grad_fn: GradFn) -> dict:
         raise NotImplementedError
+
+    def warmup(self) -> float:
+        """The ramp's factor for the update being played (the round-th + 1): min(1, (round + 1) / lr_warmup)."""
+        return min(1.0, (self.round + 1) / self.cfg.lr_warmup) if self.cfg.lr_warmup else 1.0
 
     def new_preconditioner(self) -> Preconditioner:
         """A fresh per-coordinate step of kind cfg.step over the params (preconditioner.py)."""
