@@ -87,6 +87,8 @@ def run_ours(pipe: Pipeline, ids: torch.Tensor, n_new: int, k: int, mode: str, t
         "forwards": s.target_forwards,
         "drafted": s.drafted,
         "accepted": s.accepted,
+        "draft_s": s.draft_s,
+        "target_s": s.target_s,
     }
 
 
@@ -101,6 +103,9 @@ def summarise(rows: list[dict], methods: list[str]) -> dict[str, dict]:
             drafted = sum(x["drafted"] for x in runs)
             entry["tau"] = n / max(1, sum(x["forwards"] for x in runs))
             entry["alpha"] = sum(x["accepted"] for x in runs) / drafted if drafted else 0.0
+            steps = max(1, sum(x["forwards"] for x in runs))  # per target forward: what drafting and verifying cost
+            entry["draft_ms_per_step"] = 1000 * sum(x["draft_s"] for x in runs) / steps
+            entry["target_ms_per_step"] = 1000 * sum(x["target_s"] for x in runs) / steps
         out[m] = entry
     for m in methods:
         for base in ("hf_plain", "hf_lookup", "ours_ar"):
@@ -127,15 +132,20 @@ def report(args: argparse.Namespace, per_stream: dict, eq: dict, methods: list[s
         "",
     ]
     for stream, summary in per_stream.items():
-        lines += [f"## {stream}", "", "| method | tokens/s | vs hf_plain | vs hf_lookup | vs ours_ar | tau |"]
-        lines += ["|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {stream}",
+            "",
+            "| method | tokens/s | vs hf_plain | vs hf_lookup | vs ours_ar | tau | draft / target ms per step |",
+        ]
+        lines += ["|---|---:|---:|---:|---:|---:|---:|"]
         for m in methods:
             s = summary[m]
             cells = [
                 f"{s.get(f'vs_{b}', 0):.3f}" if f"vs_{b}" in s else "-" for b in ("hf_plain", "hf_lookup", "ours_ar")
             ]
             tau = f"{s['tau']:.3f}" if "tau" in s else "-"
-            lines.append(f"| {m} | {s['tokens_per_s']:.2f} | {' | '.join(cells)} | {tau} |")
+            ms = f"{s['draft_ms_per_step']:.1f} / {s['target_ms_per_step']:.1f}" if "tau" in s else "-"
+            lines.append(f"| {m} | {s['tokens_per_s']:.2f} | {' | '.join(cells)} | {tau} | {ms} |")
         lines.append("")
     lines += ["| greedy equality | compared | mismatching | first (stream, prompt, position) |", "|---|---:|---:|---|"]
     lines += [f"| {name} | {e['compared']} | {e['mismatching']} | {e['first'] or '-'} |" for name, e in eq.items()]

@@ -2,7 +2,8 @@
 
 Hand computations use float64 parameters and LINEAR losses l_t(w) = <g_t, w> (the gradient g_t is given, whatever
 w is), so every expected value below is the rule written out by hand. Quadratic losses 0.5 ||w - c_t||^2 serve the
-Hedge tests, where experts must differ in loss.
+Hedge tests, where experts must differ in loss. The hand computations of the adaptive steps pin lr_warmup=0 (the
+rule itself; adagrad and adam ramp their step over 10 updates by default): the ramp has its own tests below.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_adagrad_ogd_three_rounds_by_hand():
     # t=2: G = (10, 4)  w = w - 0.5 (3/(sqrt10+e), 0/(2+e))
     # t=3: G = (10, 8)  w = w - 0.5 (0/(sqrt10+e), 2/(sqrt8+e))
     params = vec(0.0, 0.0)
-    learner = make_learner("ogd", params, LearnerConfig(lr=0.5, clip=0.0, step="adagrad"))
+    learner = make_learner("ogd", params, LearnerConfig(lr_warmup=0, lr=0.5, clip=0.0, step="adagrad"))
     a = -0.5 / (1 + EPS)
     b = 0.5 * 2 / (2 + EPS)
     expected = [(a, b)]
@@ -78,7 +79,7 @@ def test_adam_ogd_two_rounds_by_hand_with_bias_correction():
     # s=1: m = 0.1*2 = 0.2, v = 0.05*4 = 0.2; m_hat = 0.2/0.1 = 2, v_hat = 0.2/0.05 = 4; w = -0.1 * 2/(2+e).
     # s=2: m = 0.9*0.2 + 0.1*1 = 0.28, v = 0.95*0.2 + 0.05*1 = 0.24; m_hat = 0.28/0.19, v_hat = 0.24/0.0975.
     params = vec(0.0)
-    learner = make_learner("ogd", params, LearnerConfig(lr=0.1, clip=0.0, step="adam"))
+    learner = make_learner("ogd", params, LearnerConfig(lr_warmup=0, lr=0.1, clip=0.0, step="adam"))
     learner.update(linear([[2.0]]))
     w1 = -0.1 * 2 / (2 + EPS)
     assert params[0].item() == pytest.approx(w1, rel=1e-15)
@@ -91,7 +92,7 @@ def test_adam_ogd_two_rounds_by_hand_with_bias_correction():
 
 
 def test_adam_ogd_matches_torch_adam_over_passes_and_rounds():
-    cfg = LearnerConfig(lr=0.05, clip=0.0, passes=2, step="adam", adam_betas=(0.9, 0.95))
+    cfg = LearnerConfig(lr_warmup=0, lr=0.05, clip=0.0, passes=2, step="adam", adam_betas=(0.9, 0.95))
     params = two_tensors(0)
     reference = [p.clone().requires_grad_(True) for p in params]
     optimizer = torch.optim.Adam(reference, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.eps)
@@ -111,7 +112,7 @@ def test_adaptive_step_is_clipped_then_projected():
     # g = (3, 4) clipped to (0.6, 0.8); AdaGrad direction = sign per coordinate = (1, 1) (up to eps);
     # lr 2 lands near (-2, -2), outside the ball of radius 1 around w_0 = 0 -> rescaled onto it (~ -1/sqrt2 each).
     params = vec(0.0, 0.0)
-    learner = make_learner("ogd", params, LearnerConfig(lr=2.0, clip=1.0, radius=1.0, step="adagrad"))
+    learner = make_learner("ogd", params, LearnerConfig(lr_warmup=0, lr=2.0, clip=1.0, radius=1.0, step="adagrad"))
     learner.update(linear([[3.0, 4.0]]))
     assert learner.precond.sum_sq[0].tolist() == pytest.approx([0.36, 0.64], rel=1e-15)
     u = [0.6 / (0.6 + EPS), 0.8 / (0.8 + EPS)]
@@ -120,7 +121,7 @@ def test_adaptive_step_is_clipped_then_projected():
 
 def test_low_precision_params_keep_fp32_step_state():
     params = [torch.zeros(4, dtype=torch.bfloat16)]
-    learner = make_learner("ogd", params, LearnerConfig(lr=0.5, clip=0.0, step="adam"))
+    learner = make_learner("ogd", params, LearnerConfig(lr_warmup=0, lr=0.5, clip=0.0, step="adam"))
     learner.update(lambda v: (0.0, [torch.full((4,), 1e-3, dtype=torch.bfloat16)]))
     assert learner.precond.exp_avg_sq[0].dtype == torch.float32 and params[0].dtype == torch.bfloat16
     assert params[0].float().tolist() == pytest.approx([-0.5] * 4, rel=1e-2)
@@ -135,7 +136,7 @@ def test_optimistic_adagrad_three_rounds_by_hand():
     # t=2: err |1 - 2| = 1. G = 5:  v3 = v2 - 0.5/(sqrt5+e), h3 = 1, w3 = v3 - 0.5*1/(sqrt5+e)
     # t=3: err |-1 - 1| = 2. G = 6: v4 = v3 + 0.5/(sqrt6+e), h4 = -1, w4 = v4 + 0.5/(sqrt6+e)
     params = vec(0.0)
-    learner = make_learner("optimistic", params, LearnerConfig(lr=0.5, clip=0.0, step="adagrad"))
+    learner = make_learner("optimistic", params, LearnerConfig(lr_warmup=0, lr=0.5, clip=0.0, step="adagrad"))
     d1, d2, d3 = 2 + EPS, math.sqrt(5) + EPS, math.sqrt(6) + EPS
     v2 = -1 / d1
     v3 = v2 - 0.5 / d2
@@ -153,7 +154,9 @@ def test_optimistic_ema_hint_by_hand():
     # As above with hint_ema = 0.5: h2 = 0.5*0 + 0.5*2 = 1, w2 = v2 - 0.5*1/(2+e);
     # t=2: err |1 - 1| = 0, h3 = 0.5*1 + 0.5*1 = 1, w3 = v3 - 0.5*1/(sqrt5+e).
     params = vec(0.0)
-    learner = make_learner("optimistic", params, LearnerConfig(lr=0.5, clip=0.0, step="adagrad", hint_ema=0.5))
+    learner = make_learner(
+        "optimistic", params, LearnerConfig(lr_warmup=0, lr=0.5, clip=0.0, step="adagrad", hint_ema=0.5)
+    )
     d1, d2 = 2 + EPS, math.sqrt(5) + EPS
     info = learner.update(linear([[2.0]]))
     assert (learner.hint[0].item(), info["hint_error"]) == (1.0, 2.0)
@@ -167,7 +170,7 @@ def test_optimistic_ema_hint_by_hand():
 def test_optimistic_anchor_moves_as_ogd_and_publishes_anchor_minus_preconditioned_hint(step):
     # With linear losses the gradients do not depend on w, so the anchor must follow OGD with the same step exactly,
     # and the published point is Pi(v - eta D^{-1} h) with h the last gradient.
-    cfg = LearnerConfig(lr=0.1, clip=0.0, step=step)
+    cfg = LearnerConfig(lr_warmup=0, lr=0.1, clip=0.0, step=step)
     ogd_params, opt_params = vec(0.5, -1.0, 2.0), vec(0.5, -1.0, 2.0)
     ogd, opt = make_learner("ogd", ogd_params, cfg), make_learner("optimistic", opt_params, cfg)
     for g in ([1.0, -2.0, 0.5], [0.25, 3.0, -1.0], [-2.0, 0.0, 4.0]):
@@ -183,7 +186,7 @@ def test_optimistic_passes_reevaluate_at_preconditioned_decision():
     # eta = 0.5, AdaGrad, gradient 2 in both passes. Pass 1 at w1 = 0: G = 4, v = -0.5*2/(2+e).
     # Pass 2 at Pi(v - eta D^{-1} g) = v - 0.5*2/(2+e): G = 8, v -= 0.5*2/(sqrt8+e). Publish v - 0.5*2/(sqrt8+e).
     params = vec(0.0)
-    learner = make_learner("optimistic", params, LearnerConfig(lr=0.5, clip=0.0, step="adagrad", passes=2))
+    learner = make_learner("optimistic", params, LearnerConfig(lr_warmup=0, lr=0.5, clip=0.0, step="adagrad", passes=2))
     fn = linear([[2.0]])
     learner.update(fn)
     d1, d2 = 2 + EPS, math.sqrt(8) + EPS
@@ -264,7 +267,7 @@ def test_ensemble_anytime_rate_without_share_is_softmax_of_cumulative_losses():
 
 def test_ensemble_experts_use_the_chosen_step():
     # Each expert is an AdaGrad-OGD with its own G: one round on gradient (1, -2) moves expert i by eta_i (1, -1).
-    learner = make_learner("ensemble", vec(0.0, 0.0), LearnerConfig(lr=0.5, clip=0.0, step="adagrad"))
+    learner = make_learner("ensemble", vec(0.0, 0.0), LearnerConfig(lr_warmup=0, lr=0.5, clip=0.0, step="adagrad"))
     learner.update(linear([[1.0, -2.0]]))
     for expert, lr in zip(learner.experts, [0.5, 1.0, 2.0], strict=True):
         assert expert[0].tolist() == pytest.approx([-lr, lr], rel=1e-7)
@@ -318,12 +321,21 @@ def test_lr_warmup_shrinks_adams_first_step_whatever_the_gradient_scale():
         assert params[0].tolist() == pytest.approx([-moved, moved], rel=1e-4)
 
 
+def test_adaptive_steps_ramp_over_ten_updates_by_default_and_sgd_does_not():
+    for step, first in (("sgd", 1.0), ("adagrad", 0.1), ("adam", 0.1)):
+        learner = make_learner("ogd", vec(0.0), LearnerConfig(step=step))
+        assert learner.warmup() == pytest.approx(first), step
+    for _ in range(9):
+        learner.update(linear([[1.0]]))
+    assert learner.warmup() == 1.0  # the 10th update steps with the full eta
+
+
 @pytest.mark.parametrize(("name", "fields"), [("ogd", {}), ("optimistic", {"step": "adam"}), ("ensemble", {})])
 def test_lr_warmup_is_a_smaller_eta_in_every_learners_first_rounds(name, fields):
     """After one round, lr_warmup = 3 equals eta / 3 without a ramp; the ramp then climbs to eta (round 3 on)."""
     grads = [two_tensors(200 + t) for t in range(4)]
     ramped = make_learner(name, two_tensors(0), LearnerConfig(lr=0.3, clip=0.0, lr_warmup=3, **fields))
-    third = make_learner(name, two_tensors(0), LearnerConfig(lr=0.1, clip=0.0, **fields))
+    third = make_learner(name, two_tensors(0), LearnerConfig(lr_warmup=0, lr=0.1, clip=0.0, **fields))
     ramped.update(quadratic(grads[0]))
     third.update(quadratic(grads[0]))
     for a, b in zip(ramped.params, third.params, strict=True):
@@ -431,7 +443,7 @@ def population_loss(w: torch.Tensor, w_star: torch.Tensor, scales: torch.Tensor)
 def run_regression(name: str, step: str, lr: float, batches) -> torch.Tensor:
     """The final iterate; all-inf if the learner diverged (it raises FloatingPointError on a non-finite loss)."""
     params = [torch.zeros(4, dtype=torch.float64)]
-    learner = make_learner(name, params, LearnerConfig(lr=lr, clip=0.0, step=step))
+    learner = make_learner(name, params, LearnerConfig(lr_warmup=0, lr=lr, clip=0.0, step=step))
     for x, y in batches:
         try:
             learner.update(lambda v, x=x, y=y: (0.5 * float(((x @ v[0] - y) ** 2).mean()), [x.T @ (x @ v[0] - y) / 8]))

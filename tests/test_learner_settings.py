@@ -93,7 +93,7 @@ def test_defaults_are_the_documented_ones() -> None:
         "lr_grid": "up",
         "hedge_rate": "fixed",
         "share": 0.0,
-        "lr_warmup": 0,
+        "lr_warmup": None,
     }
 
 

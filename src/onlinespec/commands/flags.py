@@ -156,7 +156,12 @@ def learning_flags() -> tuple[ConfigFlag, ...]:
             options={"choices": HEDGE_RATES},
         ),
         ConfigFlag(L, "share", "ensemble: fixed-share mixing of the Hedge weights each round, 0 = off"),
-        ConfigFlag(L, "lr_warmup", "ramp the step size linearly over the first N updates, 0 = off"),
+        ConfigFlag(
+            L,
+            "lr_warmup",
+            "ramp the step size over the first N updates, 0 = off; default: per step (adam, adagrad 10, sgd 0)",
+            options={"type": int},
+        ),
         ConfigFlag(O, "batch_requests", "requests per mini-batch of a round's update, 0 = the whole round in one"),
         ConfigFlag(O, "epochs", "passes of a round's update over its mini-batches"),
         ConfigFlag(
