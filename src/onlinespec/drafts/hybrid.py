@@ -31,8 +31,8 @@ through it), so text the server has seen before is drafted by lookup in later re
 Trees (`--tree static|dynamic`, greedy only): a lookup match is still one chain, verified as a chain; where nothing
 matches, the head drafts its candidate tree, verified in one forward. Measured on the avx512_bf16 EPYC (bf16, 6
 prompts of HumanEval, Spider and WritingBench, 96 tokens, one run; docs/benchmarks.md): tau 2.31-2.52 against the
-chain's 1.95, yet 0.87-0.98x its speed, because a verify over 9 / 25 positions costs 1.2 / 1.5 one-token steps
-there and the head's tree takes 5 small forwards: the chain stays the default; a machine where a wide verify is
+chain's 1.96, yet 0.82-0.89x its speed, because a verify over up to 25 positions costs 1.4 one-token steps there
+and the head's tree takes a small forward per level: the chain stays the default; a machine where a wide verify is
 nearly free (a GPU) is where the tree pays.
 """
 
