@@ -171,8 +171,8 @@ def _other_value(action: argparse.Action, tmp_path) -> list[str]:
         return [flag, str(tmp_path / flag.strip("-"))]
     if action.nargs == 2:
         return [flag, *(str(v / 2) for v in action.default)]
-    if action.type is int:
-        return [flag, str(action.default + 1)]
+    if action.type is int:  # None = a per-learner default (lr_warmup): any count differs from it
+        return [flag, str((action.default or 0) + 1)]
     return [flag, str(action.default / 2 if action.default else 0.5)]
 
 
