@@ -130,9 +130,10 @@ def additive_mask(visible: torch.Tensor, past: int, dtype: torch.dtype) -> torch
 def top_path(tree: TreeProposal) -> torch.Tensor:
     """The tokens of the tree's most probable chain: from the root, the child the draft ranked highest at every
     node (siblings share their parent's distribution, so their logits compare). LongTensor [depth of that path]."""
+    score = tree.logits.gather(1, tree.tokens[:, None])[:, 0].tolist()  # each node's logit, one gather
     best: dict[int, int] = {}  # parent -> its most probable child
     for i, parent in enumerate(tree.parents):
-        if parent not in best or tree.logits[i, tree.tokens[i]] > tree.logits[best[parent], tree.tokens[best[parent]]]:
+        if parent not in best or score[i] > score[best[parent]]:
             best[parent] = i
     path, node = [], best.get(-1)
     while node is not None:

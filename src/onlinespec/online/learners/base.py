@@ -164,6 +164,10 @@ class BaseLearner:
     def update(self, grad_fn: GradFn) -> dict:
         raise NotImplementedError
 
+    def eta(self, lr: float | None = None) -> float:
+        """The step size of the update being played: `lr` (default cfg.lr) on the ramp, lr * warmup()."""
+        return (self.cfg.lr if lr is None else lr) * self.warmup()
+
     def warmup(self) -> float:
         """The ramp's factor for the update being played (number round + 1): min(1, (round + 1) / lr_warmup), with
         lr_warmup None read from DEFAULT_LR_WARMUP for the step."""

@@ -93,13 +93,12 @@ class EnsembleLearner(BaseLearner):
         before = snapshot(self.params)
         weights_in_force = self.p
         losses, norms = [], []
-        ramp = self.warmup()  # every expert on the same ramp (base.py)
         for expert, precond, lr in zip(self.experts, self.preconds, self.lrs, strict=True):
             first: tuple[float, float] | None = None
             for _ in range(cfg.passes):
                 loss, grads, norm = evaluate(grad_fn, expert, cfg.clip)
                 first = first or (loss, norm)
-                assign(expert, projected_step(expert, precond.observe(grads), lr * ramp, self.w0, cfg.radius))
+                assign(expert, projected_step(expert, precond.observe(grads), self.eta(lr), self.w0, cfg.radius))
             losses.append(first[0])
             norms.append(first[1])
         self.cumulative_losses = [c + x for c, x in zip(self.cumulative_losses, losses, strict=True)]

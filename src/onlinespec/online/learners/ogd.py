@@ -34,8 +34,7 @@ class OGDLearner(BaseLearner):
         loss, norm = self.run_passes(
             grad_fn,
             lambda grads: assign(
-                self.params,
-                projected_step(self.params, self.precond.observe(grads), cfg.lr * self.warmup(), self.w0, cfg.radius),
+                self.params, projected_step(self.params, self.precond.observe(grads), self.eta(), self.w0, cfg.radius)
             ),
         )
         self.round += 1

@@ -64,13 +64,13 @@ class OptimisticLearner(BaseLearner):
 
     def _anchor_step(self, grads: list[torch.Tensor]) -> None:
         """v <- Pi(v - eta_t D^{-1} g), D first observing g (eta_t: eta on the warm-up ramp, base.py)."""
-        step = self.precond.observe(grads)
-        assign(self.anchor, projected_step(self.anchor, step, self.cfg.lr * self.warmup(), self.w0, self.cfg.radius))
+        assign(
+            self.anchor, projected_step(self.anchor, self.precond.observe(grads), self.eta(), self.w0, self.cfg.radius)
+        )
 
     def _decision(self, hint: list[torch.Tensor]) -> list[torch.Tensor]:
         """Pi(v - eta_t D^{-1} h) with the current anchor and D."""
-        eta = self.cfg.lr * self.warmup()
-        return projected_step(self.anchor, self.precond.scale(hint), eta, self.w0, self.cfg.radius)
+        return projected_step(self.anchor, self.precond.scale(hint), self.eta(), self.w0, self.cfg.radius)
 
     @torch.no_grad()
     def _next_hint(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
