@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.models import DEFAULT_MODEL
 from onlinespec.models.resolve import DTYPE_CHOICES, load_model
+from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, weight_layout
 
 ATTENTION = ("sdpa", "eager")
 SIZES = (1, 3, 8)
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefix", type=int, default=300, help="cached positions before the measured step")
     p.add_argument("--steps", type=int, default=20, help="one-token steps profiled")
+    p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
     p.add_argument("--out", default="bench-out/step-profile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.target, args.dtype, "auto")
+    loaded = load_model(args.target, args.dtype, args.weight_layout)
     model = loaded.model
     ids = torch.randint(0, int(model.config.vocab_size), (1, args.prefix + max(SIZES)))
     cache = new_cache(model)
@@ -64,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(e.self_cpu_time_total for e in events) or 1
     top = [
         {"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls_per_step": e.count / args.steps}
-        for e in events[:8]
+        for e in events[:12]
     ]
-    print(f"{args.target} {loaded.dtype}, prefix {args.prefix}, {args.threads} threads: one-token step by operator")
+    layout = weight_layout(model)
+    print(f"{args.target} {loaded.dtype}, {layout} weights, prefix {args.prefix}, {args.threads} threads: one step")
     for row in top:
         print(f"  {row['share']:6.1%}  {row['op']}  ({row['calls_per_step']:.0f} calls per step)")
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>6} attention: " + ", ".join(f"{n} tokens {best[name][n]:.1f} ms" for n in SIZES))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {**vars(args), "dtype_used": loaded.dtype, "top_ops": top, "attention_ms": best}
+    record = {**vars(args), "dtype_used": loaded.dtype, "layout_used": layout, "top_ops": top, "attention_ms": best}
     (out / "profile.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {out / 'profile.json'}")
     return 0

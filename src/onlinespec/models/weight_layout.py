@@ -17,6 +17,11 @@ timings are noisy: on an Intel Xeon with AMX (2 cores, bf16) one measurement fou
 autoregressive decoding ran 1.13x faster in the standard layout than in the transposed one the first had chosen
 (docs/benchmarks.md). Measured
 once per model, dtype, thread count and CPU, cached on disk like the verify cost.
+
+A third layout, "packed" (models/packed_linear.py), keeps a oneDNN-blocked copy of each bf16 weight next to it and
+runs the packed kernel: bit-identical outputs, and on the avx512_bf16 EPYC 1.3-1.5x faster forwards. It is a
+candidate wherever the model is bf16 and oneDNN supports bf16 on the CPU (`packing_unavailable`), and `auto`
+measures it with the others: the fastest layout is kept if it saves MIN_GAIN over the standard one.
 """
 
 from __future__ import annotations
@@ -28,17 +33,25 @@ from torch import nn
 
 from onlinespec.errors import UserError
 from onlinespec.models.machine_cache import read_measurement, write_measurement
+from onlinespec.models.packed_linear import is_packed, pack_linears, packing_unavailable, unpack_linears
 
-STANDARD, TRANSPOSED = "standard", "transposed"
-WEIGHT_LAYOUTS = (STANDARD, TRANSPOSED)
+STANDARD, TRANSPOSED, PACKED = "standard", "transposed", "packed"
+WEIGHT_LAYOUTS = (STANDARD, TRANSPOSED, PACKED)
 WEIGHT_LAYOUT_MODES = ("auto", *WEIGHT_LAYOUTS)  # auto: measure once (cached) and keep the faster layout
 MEASURED_TOKENS = 3  # 1 = an autoregressive step; 3 = a verify step of the default k = 2
 ROUNDS = 3  # each layout is timed this many times, alternating, the fastest counts
-MIN_GAIN = 0.05  # transposed must save at least this share of the standard layout's time
+MIN_GAIN = 0.05  # another layout must save at least this share of the standard layout's time
+
+
+def available_layouts(model: nn.Module) -> tuple[str, ...]:
+    """The layouts `model` can take here: packed only for bf16 weights on a CPU with oneDNN bf16."""
+    return WEIGHT_LAYOUTS if packing_unavailable(model) is None else (STANDARD, TRANSPOSED)
 
 
 def weight_layout(model: nn.Module) -> str:
     """The layout of `model`'s linear weights (the first one's: `set_weight_layout` sets them all alike)."""
+    if is_packed(model):
+        return PACKED
     for module in model.modules():
         if isinstance(module, nn.Linear):
             w = module.weight
@@ -49,9 +62,19 @@ def weight_layout(model: nn.Module) -> str:
 def set_weight_layout(model: nn.Module, layout: str, copy: bool = False) -> None:
     """Store every `nn.Linear` weight of `model` in `layout`, in place; a weight tied to an embedding (the LM head
     of a model with tied embeddings) stays tied. Values, names, shapes and requires_grad are unchanged; a model
-    already in `layout` is left as it is, unless `copy` (then every weight is copied into fresh memory)."""
+    already in `layout` is left as it is, unless `copy` (then every weight is copied into fresh memory).
+    Packed: the standard layout plus a packed copy of every weight (models/packed_linear.py)."""
     if layout not in WEIGHT_LAYOUTS:
         raise UserError(f"unknown weight layout '{layout}': choose one of {', '.join(WEIGHT_LAYOUT_MODES)}")
+    if layout == PACKED and (reason := packing_unavailable(model)):
+        raise UserError(f"weight layout 'packed' is not available here: {reason}; use --weight-layout auto")
+    if weight_layout(model) == layout and not copy:
+        return
+    unpack_linears(model)
+    if layout == PACKED:
+        set_weight_layout(model, STANDARD, copy=copy)
+        pack_linears(model)
+        return
     if weight_layout(model) == layout and not copy:
         return
     replaced: dict[int, nn.Parameter] = {}
@@ -80,7 +103,7 @@ def measure_weight_layouts(
 
     start = weight_layout(model)
     best: dict[str, list[float]] = {}
-    runs = [layout for _ in range(rounds) for layout in WEIGHT_LAYOUTS]
+    runs = [layout for _ in range(rounds) for layout in available_layouts(model)]
     desc = "measuring which weight layout runs faster here (once; cached)"
     for layout in tqdm(runs, desc=desc, unit="layout", file=sys.stderr, disable=not progress, leave=False):
         set_weight_layout(model, layout)
@@ -92,24 +115,27 @@ def measure_weight_layouts(
 
 
 def faster_layout(times_ms: dict[str, list[float]]) -> str:
-    """The rule: transposed when its forwards over 1..MEASURED_TOKENS tokens take at least MIN_GAIN less time in
-    total than the standard layout's, else standard (a near-tie keeps the layout as loaded)."""
-    return TRANSPOSED if sum(times_ms[TRANSPOSED]) < (1 - MIN_GAIN) * sum(times_ms[STANDARD]) else STANDARD
+    """The rule: the layout whose forwards over 1..MEASURED_TOKENS tokens take the least time in total, if that is
+    at least MIN_GAIN less than the standard layout's, else standard (a near-tie keeps the layout as loaded)."""
+    fastest = min(times_ms, key=lambda layout: sum(times_ms[layout]))
+    return fastest if sum(times_ms[fastest]) < (1 - MIN_GAIN) * sum(times_ms[STANDARD]) else STANDARD
 
 
 def use_weight_layout(model: nn.Module, mode: str, cache_dir=None) -> str:
-    """Put `model` in the layout `mode` names ("standard", "transposed", or "auto": the faster one on this machine,
-    measured once and cached under `cache_dir`); returns the layout used."""
+    """Put `model` in the layout `mode` names ("standard", "transposed", "packed", or "auto": the fastest one on
+    this machine, measured once and cached under `cache_dir`); returns the layout used."""
     if mode not in WEIGHT_LAYOUT_MODES:
         raise UserError(f"unknown weight layout '{mode}': choose one of {', '.join(WEIGHT_LAYOUT_MODES)}")
     if mode == "auto":
         set_weight_layout(model, STANDARD)  # the measurement's key describes the model as loaded
-        saved = read_measurement(cache_dir, "weight-layout", model) if cache_dir is not None else None
+        # the candidates are part of the key: a measurement made before a layout existed is made again
+        key = {"layouts": list(available_layouts(model))}
+        saved = read_measurement(cache_dir, "weight-layout", model, key) if cache_dir is not None else None
         if saved is None:
             times = measure_weight_layouts(model, progress=True)
             saved = {"layout": faster_layout(times), "ms": times}
             if cache_dir is not None:
-                write_measurement(cache_dir, "weight-layout", model, saved)
+                write_measurement(cache_dir, "weight-layout", model, saved, key)
         mode = saved["layout"]
         # Always fresh memory, measured now or read from the cache: weights loaded from a file may sit at unaligned
         # addresses, where the BLAS may round differently than on a copy, so a run that measured and one that read

@@ -1,0 +1,120 @@
+"""Linear layers whose bf16 weights are pre-packed for oneDNN: the "packed" weight layout (models/weight_layout.py).
+
+`F.linear` on a bf16 CPU tensor hands oneDNN a plain [out, in] matrix, which it re-blocks for its kernel on every
+call. Packing once (`torch.ops.mkldnn._reorder_linear_weight`, what `torch.compile`'s CPU freezing pass does)
+and calling the packed kernel (`torch.ops.mkldnn._linear_pointwise`) skips that. Measured on the avx512_bf16 AMD
+EPYC, 2 threads (`benchmarks/bench_packed_linear.py`): a [1536, 576] product over 1 token 42 -> 24 us, 157 such
+weights (265 MB, streamed from memory) 11.7 -> 8.2 ms, bit-identical outputs at 1 to 300 tokens; our
+autoregressive decoding of SmolLM2-135M 1.17x faster end to end (docs/benchmarks.md). Float32 is not packed:
+MKL's packed float32 kernel ran no faster than `F.linear` in a scratch measurement on the same CPU.
+
+The module stays an `nn.Linear` with its parameter (names, shapes and state dicts unchanged; drafts that read the
+LM head's rows, or train through a target layer, see the plain weight). The packed copy is used only when it is
+valid (`_packed_ok`): inference (no gradient asked for: the packed kernel has no backward), a bf16 input, and the
+weight still the tensor that was packed, unmodified. Otherwise the module runs `F.linear` on its weight, so a
+stale or missing pack can cost speed, never a wrong result. The packed copy costs as much memory as the weight.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PACKED_DTYPE = torch.bfloat16
+
+
+def packing_unavailable(model: nn.Module) -> str | None:
+    """Why `model`'s linear weights cannot be packed here (a sentence for an error message), or None if they can."""
+    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if weight is None:
+        return "the model has no linear layers"
+    if weight.dtype != PACKED_DTYPE:
+        dtype = str(weight.dtype).removeprefix("torch.")
+        return f"packed weights need bfloat16 (the model is {dtype}: --dtype bfloat16)"
+    if weight.device.type != "cpu":
+        return f"packed weights are a CPU layout (the model is on {weight.device.type})"
+    mkldnn = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")):
+        return "this torch build has no oneDNN linear kernel"
+    if not mkldnn._is_mkldnn_bf16_supported():
+        return "this CPU has no oneDNN bf16 support"
+    return None
+
+
+def _fingerprint(weight: torch.Tensor) -> tuple:
+    """What must not change for a pack of `weight` to stay valid: the tensor, its memory, version and dtype. A
+    tensor made under `torch.inference_mode` keeps no version counter: its in-place changes are not seen."""
+    version = None if weight.is_inference() else weight._version
+    return (id(weight), weight.data_ptr(), version, weight.dtype)
+
+
+class PackedLinear(nn.Linear):
+    """An nn.Linear with a oneDNN-packed copy of its bf16 weight, used where valid (module docstring).
+
+    x [..., in] -> [..., out], exactly `F.linear(x, weight, bias)`.
+    """
+
+    packed: torch.Tensor | None = None
+    packed_for: tuple = ()
+
+    def _packed_ok(self, x: torch.Tensor) -> bool:
+        if self.packed is None or x.dtype != PACKED_DTYPE or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return False  # the packed kernel has no backward
+        return self.packed_for == _fingerprint(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed_ok(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def __deepcopy__(self, memo: dict) -> nn.Module:
+        """A copy without the packed tensor (oneDNN's opaque tensors cannot be copied); it shares the pack only
+        where it shares the weight (a memo that maps the frozen weight to itself, as the drafts' training copies do)."""
+        packed, self.packed = self.packed, None
+        try:
+            cls, self.__class__ = self.__class__, nn.Linear
+            clone = copy.deepcopy(self, memo)
+        finally:
+            self.__class__, self.packed = cls, packed
+        clone.__class__ = PackedLinear
+        if clone.weight is self.weight and packed is not None:
+            clone.packed, clone.packed_for = packed, self.packed_for
+        return clone
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Pack every nn.Linear of `model` in place (a weight shared by several layers is packed once); returns the
+    number of modules packed. Call `packing_unavailable` first: this assumes bf16 weights on a CPU oneDNN supports."""
+    packs: dict[int, torch.Tensor] = {}
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight
+            if id(weight) not in packs:
+                packs[id(weight)] = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+            module.__class__ = PackedLinear
+            module.packed, module.packed_for = packs[id(weight)], _fingerprint(weight)
+            count += 1
+    return count
+
+
+def unpack_linears(model: nn.Module) -> None:
+    """Turn every PackedLinear of `model` back into a plain nn.Linear (the packed copies are freed)."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            module.packed, module.packed_for = None, ()
+            del module.packed, module.packed_for
+            module.__class__ = nn.Linear
+
+
+def is_packed(model: nn.Module) -> bool:
+    """Whether `model`'s first linear layer holds a valid pack (pack_linears packs them all alike)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return isinstance(module, PackedLinear) and module.packed_for == _fingerprint(module.weight)
+    return False

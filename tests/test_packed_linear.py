@@ -1,0 +1,139 @@
+"""The "packed" weight layout (models/packed_linear.py): oneDNN-packed bf16 weights give bit-identical outputs, fall
+back to the plain weight wherever the pack is not valid (gradients, a changed weight, a copy), and are offered only
+where this machine can run them. On a CPU without oneDNN bf16 each test checks the refusal instead."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import draft_of, noisy_copy, run_ar, run_spec, tiny_llama
+
+from onlinespec.decoding.config import GenerationConfig
+from onlinespec.decoding.engine import SpeculativeEngine
+from onlinespec.drafts.heads import build_head
+from onlinespec.errors import UserError
+from onlinespec.models.packed_linear import PackedLinear, packing_unavailable
+from onlinespec.models.weight_layout import (
+    PACKED,
+    STANDARD,
+    TRANSPOSED,
+    available_layouts,
+    faster_layout,
+    set_weight_layout,
+    use_weight_layout,
+    weight_layout,
+)
+from onlinespec.online.draft_objective import training_copy
+
+
+def bf16_tiny(seed: int = 0) -> torch.nn.Module:
+    return tiny_llama(seed=seed).to(torch.bfloat16)
+
+
+def packs_here() -> bool:
+    """Whether this machine packs; where it does not, packing must be refused with the reason."""
+    model = bf16_tiny()
+    reason = packing_unavailable(model)
+    if reason is not None:
+        assert PACKED not in available_layouts(model)
+        with pytest.raises(UserError, match=f"weight layout 'packed' is not available here: {reason}"):
+            set_weight_layout(model, PACKED)
+    return reason is None
+
+
+def test_float32_weights_are_not_packed_and_say_why() -> None:
+    model = tiny_llama(seed=0)
+    assert packing_unavailable(model) == "packed weights need bfloat16 (the model is float32: --dtype bfloat16)"
+    assert available_layouts(model) == (STANDARD, TRANSPOSED)
+    with pytest.raises(UserError, match="need bfloat16 .*; use --weight-layout auto"):
+        set_weight_layout(model, PACKED)
+
+
+def test_packed_weights_give_bit_identical_logits_and_keep_names_and_ties() -> None:
+    if not packs_here():
+        return
+    model = bf16_tiny()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    state_keys = model.state_dict().keys()
+    ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(ids).logits
+    set_weight_layout(model, PACKED)
+    assert weight_layout(model) == PACKED
+    assert all(isinstance(m, PackedLinear) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert dict(model.named_parameters()).keys() == before.keys() and model.state_dict().keys() == state_keys
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    with torch.inference_mode():
+        for size in (1, 3, 12):  # one-token steps, verifies, a prefill
+            assert torch.equal(model(ids[:, :size]).logits, expected[:, :size])
+    set_weight_layout(model, STANDARD)
+    assert weight_layout(model) == STANDARD and not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_greedy_outputs_are_the_same_packed_and_standard(seed: int) -> None:
+    """Bit-identical logits mean the same greedy tokens, autoregressive and speculative."""
+    if not packs_here():
+        return
+    target = bf16_tiny(seed)
+    engine = SpeculativeEngine(target, draft_of(noisy_copy(target, 0.3, seed=seed + 3), 96))
+    cfg = GenerationConfig(max_new_tokens=40, k=3)
+    prompt = torch.randint(0, 96, (8,), generator=torch.Generator().manual_seed(seed))
+    outputs = {}
+    for layout in (STANDARD, PACKED):
+        set_weight_layout(target, layout)
+        outputs[layout] = (run_ar(target, prompt, cfg)[0], run_spec(engine, prompt, cfg)[0])
+    assert outputs[PACKED] == outputs[STANDARD]
+
+
+def test_gradients_and_changed_weights_use_the_plain_weight() -> None:
+    if not packs_here():
+        return
+    layer = bf16_tiny().model.layers[0].mlp.down_proj
+    plain = copy.deepcopy(layer)
+    set_weight_layout(layer, PACKED)
+    x = torch.randn(2, 5, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_(True)
+    layer(x).float().square().sum().backward()  # the packed kernel has no backward: the plain weight runs
+    plain(x_plain).float().square().sum().backward()
+    assert torch.equal(x.grad, x_plain.grad)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)  # an in-place change makes the pack stale
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+    assert weight_layout(layer) == STANDARD  # a stale pack is no packed layout
+    set_weight_layout(layer, PACKED)  # packing again packs the new values
+    with torch.inference_mode():
+        assert weight_layout(layer) == PACKED and torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+
+
+def test_copies_share_the_pack_only_with_the_weight() -> None:
+    """The drafts' training copies deep-copy modules that hold the target's (packed) LM head; oneDNN's packed
+    tensors cannot be copied, so a copy shares the pack where it shares the weight and drops it elsewhere."""
+    if not packs_here():
+        return
+    target = bf16_tiny()
+    set_weight_layout(target, PACKED)
+    clone = copy.deepcopy(target)
+    assert weight_layout(clone) == STANDARD and weight_layout(target) == PACKED
+    ids = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(clone(ids).logits, target(ids).logits)
+    head = build_head("eagle", target)  # holds the target's LM head module, frozen
+    trained = training_copy(head, [n for n, p in head.named_parameters() if p.requires_grad])
+    assert trained.vocab.lm_head is not head.vocab.lm_head and trained.vocab.lm_head.weight is target.lm_head.weight
+    assert trained.vocab.lm_head.packed is target.lm_head.packed
+
+
+def test_auto_offers_packed_where_it_runs_and_the_rule_takes_the_fastest(tmp_path) -> None:
+    assert faster_layout({STANDARD: [10.0, 10.0], TRANSPOSED: [9.0, 9.0], PACKED: [8.0, 8.0]}) == PACKED
+    assert faster_layout({STANDARD: [10.0, 10.0], TRANSPOSED: [9.0, 9.0], PACKED: [9.7, 9.7]}) == TRANSPOSED
+    assert faster_layout({STANDARD: [10.0, 10.0], TRANSPOSED: [9.8, 9.8], PACKED: [9.7, 9.7]}) == STANDARD
+    model = bf16_tiny()
+    chosen = use_weight_layout(model, "auto", tmp_path)
+    assert chosen in available_layouts(model) and weight_layout(model) == chosen
+    (saved,) = (tmp_path / "weight-layout").glob("*.json")
+    assert set(json.loads(saved.read_text())["ms"]) == set(available_layouts(model))
