@@ -136,3 +136,37 @@ def test_a_device_this_machine_lacks_is_a_clear_error(model_dir, tmp_path, capsy
         assert "no CUDA GPU" in capsys.readouterr().err
     assert warmup(model_dir, tmp_path / "tpu", 1, "--device", "tpu") == 2
     assert "--device takes cpu or cuda" in capsys.readouterr().err
+
+
+def test_a_bf16_teacher_labels_in_bf16_while_the_head_trains_in_float32(model_dir, tmp_path) -> None:
+    """--teacher-dtype bfloat16: the teacher cache holds what a bf16 copy of the target computes (its own cache
+    folder, apart from float32's), the saved head is float32 and loads onto a bf16 target as a draft."""
+    from onlinespec.drafts import make_draft
+    from onlinespec.models import load_model
+    from onlinespec.warmup.teacher import teacher_pass
+
+    assert warmup(model_dir, tmp_path / "f32", 2) == 0
+    assert warmup(model_dir, tmp_path / "f32", 2, "--teacher-dtype", "bfloat16", "--resume") == 0
+    teachers = sorted((tmp_path / "f32").glob("teacher-*"))
+    assert len(teachers) == 2  # one cache per teacher dtype
+    record = json.loads((tmp_path / "f32" / "eagle" / "warmup.json").read_text())
+    assert record["teacher_dtype"] == "bfloat16" and record["held_out_decoding"]["prompts"] > 0
+    saved = load_file(str(tmp_path / "f32" / "eagle" / "model.safetensors"))
+    assert all(t.dtype in (torch.float32, torch.int64) for t in saved.values())
+    bf16 = load_model(str(model_dir), "bfloat16", record["teacher_weight_layout"])  # the layout auto chose then
+    f32 = load_model(str(model_dir), "float32")
+    labelled = {t.name: [_labels_of(t / "held", m.model, teacher_pass) for m in (f32, bf16)] for t in teachers}
+    assert sorted(labelled.values()) == [[False, True], [True, False]]  # one cache per dtype, each its own labels
+    draft = make_draft(f"eagle:{tmp_path / 'f32' / 'eagle'}", bf16)
+    assert next(draft.model.parameters()).dtype == torch.bfloat16
+
+
+def _labels_of(held_dir, model, teacher_pass) -> bool:
+    """Whether the first held-out batch in `held_dir` holds the features `model` computes for its sequences."""
+    batch = torch.load(held_dir / "batch-00000.pt")
+    seqs = [row[:n].tolist() for row, n in zip(batch["ids"], batch["lengths"], strict=True)]
+    again = teacher_pass(model, seqs, batch["top_ids"].shape[-1], 0)
+    assert again.features.dtype == batch["features"].dtype == torch.float16
+    return all(
+        torch.equal(again.features[i, :n], batch["features"][i, :n]) for i, n in enumerate(batch["lengths"].tolist())
+    )

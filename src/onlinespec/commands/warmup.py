@@ -63,6 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule")
     p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (default: %(default)s)")
     p.add_argument("--init", help="start from this saved head (a warm-up's KIND folder) and its draft vocabulary")
+    p.add_argument(
+        "--teacher-dtype",
+        choices=("float32", "bfloat16", "auto"),
+        default="float32",
+        help="dtype of the target copy that answers the prompts, labels the positions and runs the decoding check "
+        "(the head trains in float32); bfloat16 = a second copy, faster on a CPU with bf16 instructions and what a "
+        "bf16 target drafts from (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

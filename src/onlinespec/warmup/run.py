@@ -55,6 +55,7 @@ class WarmupConfig:
     schedule: str = "constant"  # learning-rate schedule, warmup/distill.py SCHEDULES
     device: str = "cpu"  # where the target's passes and the training run ("cuda" on a GPU machine)
     init: str | None = None  # start from this saved head (its weights and draft vocabulary) instead of a fresh one
+    teacher_dtype: str = "float32"  # the target copy that answers and labels (module docstring of run_warmup)
 
 
 def warmup_prompts() -> tuple[list[str], list[str]]:
@@ -71,20 +72,32 @@ def warmup_prompts() -> tuple[list[str], list[str]]:
     return train, held
 
 
-def _fingerprint(sequences: list[list[int]], top_k: int, feature_layers: tuple[int, ...] = (-1,)) -> str:
+def _fingerprint(
+    sequences: list[list[int]], top_k: int, feature_layers: tuple[int, ...] = (-1,), dtype: str = "float32"
+) -> str:
     key = [top_k, sequences] if feature_layers == (-1,) else [top_k, list(feature_layers), sequences]
+    key = key if dtype == "float32" else [dtype, *key]  # float32 caches keep the name they had
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
     return digest[:12]
 
 
 def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     """Warm up the head `cfg.kind` for `cfg.target`; it lands in cfg.out/KIND with warmup.json (the returned record,
-    which notes `command`, the command line that ran it)."""
+    which notes `command`, the command line that ran it).
+
+    The head is built on, and trained in, a float32 copy of the target. `cfg.teacher_dtype` is the dtype of the
+    target that answers the warm-up prompts, labels every position (features and top-K, warmup/teacher.py) and
+    runs the decoding check: float32 (the default) is that same copy; bfloat16 (or auto) loads a second copy in
+    it, with the weight layout `auto` picks (packed bf16 where oneDNN runs it). On a CPU with bf16 instructions that
+    makes the answers and teacher passes of a 1.5B target several times faster, and the head learns the features
+    it will read when it drafts for a bf16 target; the price is the second copy's memory.
+    """
     from onlinespec.decoding.config import GenerationConfig
     from onlinespec.drafts import build_head, is_unrolled
     from onlinespec.drafts.head_store import load_into, read_head, save_head
     from onlinespec.drafts.heads import head_feature_layers, load_head
     from onlinespec.models import load_model
+    from onlinespec.models.weight_layout import weight_layout
     from onlinespec.pipeline import Pipeline
     from onlinespec.warmup.corpus import chunked_token_sequences, generate_answers, pydoc_texts, stdlib_texts
     from onlinespec.warmup.distill import DistillConfig, agreement, choose_draft_vocab, distill
@@ -104,7 +117,9 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     device = _device(cfg.device)
     loaded = load_model(cfg.target, "float32")
     target, tokenizer = loaded.model.to(device), loaded.tokenizer
-    pipe = Pipeline(loaded, None)
+    teacher = loaded if cfg.teacher_dtype == "float32" else load_model(cfg.target, cfg.teacher_dtype, "auto")
+    teacher.model.to(device)
+    pipe = Pipeline(teacher, None)
     train_prompts, held_prompts = warmup_prompts()
     if cfg.prompts:
         from onlinespec.bench.prompts import load_prompt_file
@@ -127,10 +142,11 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     train = [s for i, s in enumerate(sequences) if i % HELD_OUT_EVERY]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     layers = head_feature_layers(cfg.kind, target)  # EAGLE-3 reads inner layers too: its own teacher cache
-    cache = out / f"teacher-{_fingerprint(sequences, cfg.top_k, layers)}"
+    cache = out / f"teacher-{_fingerprint(sequences, cfg.top_k, layers, teacher.dtype)}"
     teacher_s = time.monotonic()
-    train_batches = teacher_batches(target, train, cfg.batch_tokens, cfg.top_k, pad, cache / "train", layers)
-    held_batches = teacher_batches(target, held, cfg.batch_tokens, cfg.top_k, pad, cache / "held", layers)
+    labeller = teacher.model
+    train_batches = teacher_batches(labeller, train, cfg.batch_tokens, cfg.top_k, pad, cache / "train", layers)
+    held_batches = teacher_batches(labeller, held, cfg.batch_tokens, cfg.top_k, pad, cache / "held", layers)
     teacher_s = time.monotonic() - teacher_s
 
     vocab, coverage = None, 1.0
@@ -161,8 +177,13 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     result = distill(head, train_batches, distill_cfg, checkpoint, lambda d: save_head(d, head, target), resume)
     after = agreement(head, held_batches)
     target.to("cpu")  # the decoding check runs our engine, which decodes on the CPU
+    teacher.model.to("cpu")
     head.to("cpu")
-    decoding = _decoding_check(loaded, head, held_prompts, GenerationConfig(max_new_tokens=96, k=4))
+    checked = head
+    if teacher is not loaded:  # the head as a bf16 target will load it: saved, then read onto the teacher's copy
+        save_head(out / cfg.kind, head, target)
+        checked = load_head(out / cfg.kind, teacher.model, cfg.kind).eval()
+    decoding = _decoding_check(teacher, checked, held_prompts, GenerationConfig(max_new_tokens=96, k=4))
     record = {
         "command": command,
         "target": cfg.target,
@@ -184,6 +205,8 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
             "top1_coverage": coverage if not cfg.init else None,  # an initial head brings its own vocabulary
         },
         "teacher_s": teacher_s,
+        "teacher_dtype": teacher.dtype,  # answers, labels and the decoding check (the head trains in float32)
+        "teacher_weight_layout": weight_layout(teacher.model),
         "device": _device_name(device),
         "train_minutes": cfg.minutes,
         "lr": cfg.lr,
