@@ -90,7 +90,7 @@ def test_greedy_outputs_are_the_same_packed_and_standard(seed: int) -> None:
     assert outputs[PACKED] == outputs[STANDARD]
 
 
-def test_gradients_and_changed_weights_use_the_plain_weight() -> None:
+def test_gradients_use_the_plain_weight_and_a_changed_weight_is_packed_again() -> None:
     if not packs_here():
         return
     layer = bf16_tiny().model.layers[0].mlp.down_proj
@@ -102,12 +102,37 @@ def test_gradients_and_changed_weights_use_the_plain_weight() -> None:
     plain(x_plain).float().square().sum().backward()
     assert torch.equal(x.grad, x_plain.grad)
     with torch.no_grad():
-        layer.weight.mul_(2.0)  # an in-place change makes the pack stale
-        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
-    assert weight_layout(layer) == STANDARD  # a stale pack is no packed layout
-    set_weight_layout(layer, PACKED)  # packing again packs the new values
-    with torch.inference_mode():
-        assert weight_layout(layer) == PACKED and torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+        old_pack = layer.packed
+        layer.weight.mul_(2.0)  # published in place, as an online update is
+        assert weight_layout(layer) == STANDARD  # the pack no longer matches the weight
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))  # packed again, then used
+        assert layer.packed is not old_pack and weight_layout(layer) == PACKED
+
+
+def test_a_head_drafting_for_a_packed_target_is_packed_and_drafts_the_same() -> None:
+    """Head drafts run in the target's dtype: with a packed target their layers are packed too (drafts/heads.py),
+    drafting exactly what the plain head drafts, also after an online update published in place."""
+    if not packs_here():
+        return
+    from onlinespec.drafts.heads import make_head_draft
+
+    target = bf16_tiny(0)
+    prompt = torch.randint(0, 96, (8,), generator=torch.Generator().manual_seed(2))
+    cfg = GenerationConfig(max_new_tokens=24, k=3)
+    outputs = {}
+    for layout in (STANDARD, PACKED):
+        set_weight_layout(target, layout)
+        draft = make_head_draft("eagle:fresh", target, "tiny")
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for p in draft.model.parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * torch.randn_like(p))  # an update, published in place
+        packed = [m for m in draft.model.modules() if isinstance(m, PackedLinear)]
+        assert bool(packed) == (layout == PACKED)
+        outputs[layout] = run_spec(SpeculativeEngine(target, draft), prompt, cfg)
+    assert outputs[PACKED][0] == outputs[STANDARD][0]
+    assert outputs[PACKED][1].accepted == outputs[STANDARD][1].accepted
 
 
 def test_copies_share_the_pack_only_with_the_weight() -> None:

@@ -61,7 +61,19 @@ def make_head_draft(spec: str, target: nn.Module, target_spec: str) -> HeadDraft
         head = build_head(kind.name, target).eval()
     else:
         head = load_head(where or bundled_head_dir(kind.name, target_spec), target, kind.name)
+    pack_like_target(head, target)
     return kind.draft_class(head, name=spec)
+
+
+def pack_like_target(head: nn.Module, target: nn.Module) -> None:
+    """A head drafts in its target's dtype: where the target's bf16 weights are packed (models/packed_linear.py),
+    pack the head's linear layers too. Its online updates are published in place, and a changed weight is packed
+    again at its next inference call; its training copy (float32 masters) runs plain `F.linear`."""
+    from onlinespec.models.packed_linear import pack_linears, packing_unavailable
+    from onlinespec.models.weight_layout import PACKED, weight_layout
+
+    if weight_layout(target) == PACKED and packing_unavailable(head) is None:
+        pack_linears(head)
 
 
 def build_head_draft(spec: DraftSpec, target: LoadedModel, dtype: str) -> HeadDraft:

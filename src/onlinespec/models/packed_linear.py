@@ -9,10 +9,13 @@ autoregressive decoding of SmolLM2-135M 1.17x faster end to end (docs/benchmarks
 MKL's packed float32 kernel ran no faster than `F.linear` in a scratch measurement on the same CPU.
 
 The module stays an `nn.Linear` with its parameter (names, shapes and state dicts unchanged; drafts that read the
-LM head's rows, or train through a target layer, see the plain weight). The packed copy is used only when it is
-valid (`_packed_ok`): inference (no gradient asked for: the packed kernel has no backward), a bf16 input, and the
-weight still the tensor that was packed, unmodified. Otherwise the module runs `F.linear` on its weight, so a
-stale or missing pack can cost speed, never a wrong result. The packed copy costs as much memory as the weight.
+LM head's rows, or train through a target layer, see the plain weight). The packed copy is used only for inference
+(no gradient asked for: the packed kernel has no backward) on a bf16 CPU input with a bf16 weight; otherwise the
+module runs `F.linear` on its weight. A weight changed since it was packed (another tensor, other memory, or a
+new version: a draft head's online update published in place) is packed again at its next inference call, so a
+pack is never stale; a tensor made under `torch.inference_mode` keeps no version counter, so an in-place change
+of such a weight inside inference mode would go unseen (nothing here changes weights that way). The packed copy
+costs as much memory as the weight.
 """
 
 from __future__ import annotations
@@ -61,11 +64,16 @@ class PackedLinear(nn.Linear):
     packed_for: tuple = ()
 
     def _packed_ok(self, x: torch.Tensor) -> bool:
-        if self.packed is None or x.dtype != PACKED_DTYPE or x.device.type != "cpu":
+        """Whether this call may run the packed kernel; packs the weight again if it changed since."""
+        if x.dtype != PACKED_DTYPE or x.device.type != "cpu" or self.weight.dtype != PACKED_DTYPE:
             return False
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return False  # the packed kernel has no backward
-        return self.packed_for == _fingerprint(self.weight)
+        fingerprint = _fingerprint(self.weight)
+        if self.packed is None or self.packed_for != fingerprint:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
+            self.packed_for = fingerprint
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed_ok(x):
@@ -88,13 +96,16 @@ class PackedLinear(nn.Linear):
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Pack every nn.Linear of `model` in place (a weight shared by several layers is packed once); returns the
-    number of modules packed. Call `packing_unavailable` first: this assumes bf16 weights on a CPU oneDNN supports."""
+    """Pack every nn.Linear of `model` in place (a weight shared by several layers is packed once, one already
+    packed is left as it is); returns the number of modules packed. Call `packing_unavailable` first: this assumes
+    bf16 weights on a CPU oneDNN supports."""
     packs: dict[int, torch.Tensor] = {}
     count = 0
     for module in model.modules():
         if isinstance(module, nn.Linear):
             weight = module.weight
+            if isinstance(module, PackedLinear) and module.packed_for == _fingerprint(weight):
+                continue
             if id(weight) not in packs:
                 packs[id(weight)] = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
             module.__class__ = PackedLinear
