@@ -19,7 +19,8 @@ autoregressive decoding ran 1.13x faster in the standard layout than in the tran
 once per model, dtype, thread count and CPU, cached on disk like the verify cost.
 
 A third layout, "packed" (models/packed_linear.py), keeps a oneDNN-blocked copy of each bf16 weight next to it and
-runs the packed kernel: bit-identical outputs, and on the avx512_bf16 EPYC 1.3-1.5x faster forwards. It is a
+runs the packed kernel: bit-identical outputs, and on the avx512_bf16 EPYC a one-token step 1.2x faster for
+SmolLM2-135M and 2.4x for Qwen2.5-Coder-1.5B (docs/benchmarks.md). It is a
 candidate wherever the model is bf16 and oneDNN supports bf16 on the CPU (`packing_unavailable`), and `auto`
 measures it with the others: the fastest layout is kept if it saves MIN_GAIN over the standard one.
 """
