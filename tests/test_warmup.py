@@ -146,6 +146,10 @@ def test_a_bf16_teacher_labels_in_bf16_while_the_head_trains_in_float32(model_di
     from onlinespec.warmup.teacher import teacher_pass
 
     assert warmup(model_dir, tmp_path / "f32", 2) == 0
+    assert warmup(model_dir, tmp_path / "f32", 2, "--teacher-dtype", "auto", "--resume") == 0
+    record = json.loads((tmp_path / "f32" / "eagle" / "warmup.json").read_text())
+    if record["teacher_dtype"] == "float32":  # auto chose float32 on this machine: the same copy, the same cache
+        assert len(list((tmp_path / "f32").glob("teacher-*"))) == 1
     assert warmup(model_dir, tmp_path / "f32", 2, "--teacher-dtype", "bfloat16", "--resume") == 0
     teachers = sorted((tmp_path / "f32").glob("teacher-*"))
     assert len(teachers) == 2  # one cache per teacher dtype

@@ -118,6 +118,8 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
     loaded = load_model(cfg.target, "float32")
     target, tokenizer = loaded.model.to(device), loaded.tokenizer
     teacher = loaded if cfg.teacher_dtype == "float32" else load_model(cfg.target, cfg.teacher_dtype, "auto")
+    if teacher is not loaded and teacher.dtype == "float32":  # auto chose float32 here: one copy does it all
+        teacher = loaded
     teacher.model.to(device)
     pipe = Pipeline(teacher, None)
     train_prompts, held_prompts = warmup_prompts()
