@@ -63,22 +63,19 @@ class PackedLinear(nn.Linear):
     packed: torch.Tensor | None = None
     packed_for: tuple = ()
 
-    def _packed_ok(self, x: torch.Tensor) -> bool:
-        """Whether this call may run the packed kernel; packs the weight again if it changed since."""
-        if x.dtype != PACKED_DTYPE or x.device.type != "cpu" or self.weight.dtype != PACKED_DTYPE:
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return False  # the packed kernel has no backward
-        fingerprint = _fingerprint(self.weight)
-        if self.packed is None or self.packed_for != fingerprint:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
-            self.packed_for = fingerprint
-        return True
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed_ok(x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        # The hot path (every linear of every decoding step): the weight read once, cheap checks first.
+        weight = self._parameters["weight"]
+        usable = x.dtype is PACKED_DTYPE and weight.dtype is PACKED_DTYPE and x.is_cpu
+        if usable and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            usable = False  # the packed kernel has no backward
+        if not usable:
+            return F.linear(x, weight, self.bias)
+        fingerprint = _fingerprint(weight)
+        if self.packed_for != fingerprint:  # never packed, or the weight changed since: pack it (again)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+            self.packed_for = fingerprint
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def __deepcopy__(self, memo: dict) -> nn.Module:
         """A copy without the packed tensor (oneDNN's opaque tensors cannot be copied); it shares the pack only
@@ -90,8 +87,8 @@ class PackedLinear(nn.Linear):
         finally:
             self.__class__, self.packed = cls, packed
         clone.__class__ = PackedLinear
-        if clone.weight is self.weight and packed is not None:
-            clone.packed, clone.packed_for = packed, self.packed_for
+        shared = clone.weight is self.weight and packed is not None
+        clone.packed, clone.packed_for = (packed, self.packed_for) if shared else (None, ())
         return clone
 
 
