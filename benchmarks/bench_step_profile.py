@@ -1,13 +1,14 @@
 """Where the time of one autoregressive step goes: the target's one-token forward, profiled by operator, and the
-same step with SDPA against eager attention (issue 12: "our autoregressive path >= 1.3x HF generate()").
+same step with each attention implementation: SDPA, eager, and SDPA with its one-query call in float32
+(models/decode_attention.py) (issue 12: "our autoregressive path >= 1.3x HF generate()").
 
     python benchmarks/bench_step_profile.py                       # the embedded model, --dtype auto, prefix 300
     python benchmarks/bench_step_profile.py --dtype float32 --prefix 600
 
 Our autoregressive step is one HF forward with `logits_to_keep=1` plus an argmax (decoding/autoregressive.py), so
 what this finds is what any path through the same model pays. Prints the operators' share of the self CPU time
-over `--steps` steps, and the fastest of 10 forwards over 1 / 3 / 8 new tokens with each attention
-implementation, interleaved over 3 rounds. Writes profile.json to --out.
+over `--steps` steps (attention as `--decode-attention` sets it), and the fastest of 10 forwards over 1 / 3 / 8
+new tokens with each attention implementation, interleaved over 3 rounds. Writes profile.json to --out.
 """
 
 from __future__ import annotations
@@ -22,19 +23,12 @@ from torch.profiler import ProfilerActivity, profile
 
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.models import DEFAULT_MODEL
+from onlinespec.models.decode_attention import ATTENTION_NAME, DECODE_ATTENTION_MODES, decode_attention
 from onlinespec.models.resolve import DTYPE_CHOICES, load_model
 from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, weight_layout
 
-ATTENTION = ("sdpa", "eager")
+ATTENTION = {"sdpa": "sdpa", "eager": "eager", "float32": ATTENTION_NAME}  # what we call it: transformers' name
 SIZES = (1, 3, 8)
-
-
-def set_attention(model: torch.nn.Module, name: str) -> None:
-    """Switch a transformers model's attention implementation in place (every layer reads its config's)."""
-    model.config._attn_implementation = name
-    for module in model.modules():
-        if hasattr(module, "config") and hasattr(module.config, "_attn_implementation"):
-            module.config._attn_implementation = name
 
 
 @torch.inference_mode()
@@ -46,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", type=int, default=300, help="cached positions before the measured step")
     p.add_argument("--steps", type=int, default=20, help="one-token steps profiled")
     p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
+    p.add_argument("--decode-attention", default="auto", choices=DECODE_ATTENTION_MODES)
     p.add_argument("--out", default="bench-out/step-profile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.target, args.dtype, args.weight_layout)
+    loaded = load_model(args.target, args.dtype, args.weight_layout, args.decode_attention)
     model = loaded.model
     ids = torch.randint(0, int(model.config.vocab_size), (1, args.prefix + max(SIZES)))
     cache = new_cache(model)
@@ -69,14 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         for e in events[:12]
     ]
     layout = weight_layout(model)
-    print(f"{args.target} {loaded.dtype}, {layout} weights, prefix {args.prefix}, {args.threads} threads: one step")
+    attention = decode_attention(model)
+    print(f"{args.target} {loaded.dtype}, {layout} weights, {attention} attention, prefix {args.prefix}, ", end="")
+    print(f"{args.threads} threads: one step")
     for row in top:
         print(f"  {row['share']:6.1%}  {row['op']}  ({row['calls_per_step']:.0f} calls per step)")
 
     best: dict[str, dict[int, float]] = {name: {} for name in ATTENTION}
     for _ in range(3):
-        for name in ATTENTION:
-            set_attention(model, name)
+        for name, implementation in ATTENTION.items():
+            model.set_attn_implementation(implementation)
             for n in SIZES:
                 for _ in range(10):
                     tic = time.perf_counter()
@@ -84,12 +81,19 @@ def main(argv: list[str] | None = None) -> int:
                     ms = (time.perf_counter() - tic) * 1e3
                     rollback(cache, args.prefix)
                     best[name][n] = min(best[name].get(n, float("inf")), ms)
-    set_attention(model, ATTENTION[0])
+    model.set_attn_implementation(ATTENTION.get(attention, attention))
     for name in ATTENTION:
         print(f"{name:>6} attention: " + ", ".join(f"{n} tokens {best[name][n]:.1f} ms" for n in SIZES))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {**vars(args), "dtype_used": loaded.dtype, "layout_used": layout, "top_ops": top, "attention_ms": best}
+    record = {
+        **vars(args),
+        "dtype_used": loaded.dtype,
+        "layout_used": layout,
+        "attention_used": attention,
+        "top_ops": top,
+        "attention_ms": best,
+    }
     (out / "profile.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {out / 'profile.json'}")
     return 0

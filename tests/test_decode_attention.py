@@ -122,3 +122,15 @@ def test_another_attention_implementation_is_left_alone() -> None:
     model.set_attn_implementation("eager")
     set_decode_attention(model, FLOAT32)
     assert decode_attention(model) == "eager"
+
+
+def test_the_verify_cost_curve_is_measured_for_the_attention_it_runs_with(tmp_path) -> None:
+    """The curve is relative to the one-token step, which the switch makes cheaper: each way has its own."""
+    from onlinespec.decoding.verify_cost import cached_verify_cost
+
+    model = tiny_llama(seed=0).to(torch.bfloat16)
+    for mode in (SDPA, FLOAT32, SDPA):
+        set_decode_attention(model, mode)
+        cached_verify_cost(model, tmp_path)
+    saved = [json.loads(p.read_text())["key"] for p in (tmp_path / "verify-cost").glob("*.json")]
+    assert sorted(key.get("decode_attention", SDPA) for key in saved) == [FLOAT32, SDPA]
