@@ -1,13 +1,13 @@
 """Where the time of one autoregressive step goes: the target's one-token forward, profiled by operator, and the
-same step with each attention implementation: SDPA, eager, and SDPA with its one-query call in float32
-(models/decode_attention.py) (issue 12: "our autoregressive path >= 1.3x HF generate()").
+same step with each attention implementation: SDPA, eager, and SDPA with grouped query heads folded
+(models/attention.py) (issue 12: "our autoregressive path >= 1.3x HF generate()").
 
     python benchmarks/bench_step_profile.py                       # the embedded model, --dtype auto, prefix 300
     python benchmarks/bench_step_profile.py --dtype float32 --prefix 600
 
 Our autoregressive step is one HF forward with `logits_to_keep=1` plus an argmax (decoding/autoregressive.py), so
 what this finds is what any path through the same model pays. Prints the operators' share of the self CPU time
-over `--steps` steps (attention as `--decode-attention` sets it), and the fastest of 10 forwards over 1 / 3 / 8
+over `--steps` steps (attention as `--attention` sets it), and the fastest of 10 forwards over 1 / 3 / 8
 new tokens with each attention implementation, interleaved over 3 rounds. Writes profile.json to --out.
 """
 
@@ -23,11 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.models import DEFAULT_MODEL
-from onlinespec.models.decode_attention import ATTENTION_NAME, DECODE_ATTENTION_MODES, decode_attention
+from onlinespec.models.attention import ATTENTION_MODES, ATTENTION_NAME, attention_kind
 from onlinespec.models.resolve import DTYPE_CHOICES, load_model
 from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, weight_layout
 
-ATTENTION = {"sdpa": "sdpa", "eager": "eager", "float32": ATTENTION_NAME}  # what we call it: transformers' name
+ATTENTION = {"sdpa": "sdpa", "eager": "eager", "folded": ATTENTION_NAME}  # what we call it: transformers' name
 SIZES = (1, 3, 8)
 
 
@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", type=int, default=300, help="cached positions before the measured step")
     p.add_argument("--steps", type=int, default=20, help="one-token steps profiled")
     p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
-    p.add_argument("--decode-attention", default="auto", choices=DECODE_ATTENTION_MODES)
+    p.add_argument("--attention", default="auto", choices=ATTENTION_MODES)
     p.add_argument("--out", default="bench-out/step-profile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.target, args.dtype, args.weight_layout, args.decode_attention)
+    loaded = load_model(args.target, args.dtype, args.weight_layout, args.attention)
     model = loaded.model
     ids = torch.randint(0, int(model.config.vocab_size), (1, args.prefix + max(SIZES)))
     cache = new_cache(model)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in events[:12]
     ]
     layout = weight_layout(model)
-    attention = decode_attention(model)
+    attention = attention_kind(model)
     print(f"{args.target} {loaded.dtype}, {layout} weights, {attention} attention, prefix {args.prefix}, ", end="")
     print(f"{args.threads} threads: one step")
     for row in top:

@@ -25,6 +25,7 @@ import torch
 
 from onlinespec.decoding.verify_cost import MEASURED_TOKENS, PREFIX_TOKENS, cached_verify_cost, measure_verify_cost
 from onlinespec.models import DEFAULT_MODEL, cache_root
+from onlinespec.models.attention import ATTENTION_MODES, attention_kind
 from onlinespec.models.dtype_choice import MEASURED_SIZES, faster_dtype, has_bf16_instructions, measure_dtypes
 from onlinespec.models.machine_cache import cpu_name
 from onlinespec.models.resolve import load_model
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also time forwards over 1 / 3 / 8 tokens in float32 and bfloat16 as `--dtype auto` does, and print "
         "what it would choose (measured now, the cache untouched)",
     )
+    p.add_argument(
+        "--attention",
+        default="auto",
+        choices=ATTENTION_MODES,
+        help="the attention kernel (models/attention.py), as the library would choose (default: %(default)s)",
+    )
     p.add_argument("--out", default="bench-out/verify-cost")
     args = p.parse_args(argv)
     if args.threads > 0:
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         bf16 = "has" if has_bf16_instructions() else "lacks"
         print(f"--dtype auto would choose {faster_dtype(times)} (this CPU {bf16} bf16 instructions)")
         record["dtypes_ms"] = times
-    loaded = load_model(args.target, args.dtype)
+    loaded = load_model(args.target, args.dtype, attention=args.attention)
     target, args.dtype = loaded.model, loaded.dtype  # what `auto` chose
     if args.prefix and not args.fresh:
         p.error("--prefix measures a curve the library does not cache: add --fresh")
@@ -106,14 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.prefix or PREFIX_TOKENS
     cost = measure_verify_cost(target, prefix=prefix) if args.fresh else cached_verify_cost(target, cache_root())
     where = f"{torch.get_num_threads()} threads, {cpu_name()}, prefix {prefix}"
-    print(f"{args.target} {args.dtype}, weights {layout}, {where}")
+    print(f"{args.target} {args.dtype}, weights {layout}, {attention_kind(target)} attention, {where}")
     print(f"one-token forward: {cost.one_token_ms:.0f} ms (0 = read from a cache written before this was recorded)")
     print("tokens  relative cost")
     for n, c in enumerate(cost.relative, start=1):
         print(f"{n:>6}  {c:.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record.update(cost.to_dict(), **vars(args), layout_used=layout, threads_used=torch.get_num_threads())
+    record.update(
+        cost.to_dict(),
+        **vars(args),
+        layout_used=layout,
+        attention_used=attention_kind(target),
+        threads_used=torch.get_num_threads(),
+    )
     record["loadavg"] = os.getloadavg()
     (out / "verify_cost.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {out / 'verify_cost.json'}", file=sys.stderr)

@@ -15,8 +15,8 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
   static = EAGLE-1's 25-node shape) instead of a chain; `@nodes=N` keeps N nodes of a dynamic tree;
   `DRAFT@K@cost=off` verifies every drafted token (default `auto`: proposals cut to what this machine's measured
   verify cost pays, decoding/verify_cost.py); `DRAFT@K@layout=standard|transposed` runs that entry with the target's
-  weights in that layout (default: `--weight-layout`, models/weight_layout.py); `DRAFT@K@attn=sdpa|float32` runs
-  that entry's one-query attention that way (default: what `--decode-attention` chose, models/decode_attention.py;
+  weights in that layout (default: `--weight-layout`, models/weight_layout.py); `DRAFT@K@attn=sdpa|folded` runs
+  that entry's attention that way (default: what `--attention` chose, models/attention.py;
   HF's methods always run SDPA, as users load the model). Options combine:
   `hybrid@2@gate=0@cost=off`. The entry `ar` (options allowed: `ar@layout=standard@attn=sdpa`) is one more
   autoregressive run.
@@ -47,7 +47,7 @@ from onlinespec.bench.prompts import source_stream
 from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import make_draft
 from onlinespec.models import DEFAULT_MODEL, cache_root
-from onlinespec.models.decode_attention import DECODE_ATTENTION_MODES, SDPA, set_decode_attention, use_decode_attention
+from onlinespec.models.attention import ATTENTION_MODES, SDPA, set_attention, use_attention
 from onlinespec.models.resolve import LoadedModel, load_model
 from onlinespec.models.weight_layout import STANDARD, WEIGHT_LAYOUT_MODES, set_weight_layout, use_weight_layout
 from onlinespec.prompting import encode_prompt
@@ -75,10 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="our methods' weight layout (models/weight_layout.py); HF's methods always run the standard one",
     )
     p.add_argument(
-        "--decode-attention",
+        "--attention",
         default="auto",
-        choices=DECODE_ATTENTION_MODES,
-        help="our methods' one-query attention (models/decode_attention.py); HF's methods always run SDPA",
+        choices=ATTENTION_MODES,
+        help="our methods' attention (models/attention.py); HF's methods always run SDPA",
     )
     p.add_argument("--out", default="bench-out/vs-hf")
     return p.parse_args(argv)
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    target = load_model(args.target, args.dtype, decode_attention=SDPA)
+    target = load_model(args.target, args.dtype, attention=SDPA)
     args.dtype = target.dtype  # what `auto` chose: HF's methods run the same weights in it, the report names it
     ours_layout = use_weight_layout(target.model, args.weight_layout, cache_root())
-    ours_attention = use_decode_attention(target.model, args.decode_attention, cache_root())
+    ours_attention = use_attention(target.model, args.attention, cache_root())
     ar = Pipeline(target, None)
     drafts: dict[str, tuple[Pipeline, int]] = {}
     trees: dict[str, TreeConfig] = {}  # entries drafting a tree instead of a chain
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if dtype in (None, target.dtype):
             return target
         if dtype not in others:
-            others[dtype] = load_model(args.target, dtype, args.weight_layout, args.decode_attention)
+            others[dtype] = load_model(args.target, dtype, args.weight_layout, args.attention)
         return others[dtype]
 
     for entry in args.drafts.split(","):
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         attentions[f"ours:{entry}"] = settings.get("attn", ours_attention) if loaded is target else None
         if loaded is target:
             set_weight_layout(target.model, layouts[f"ours:{entry}"])  # the verify cost is measured in it
-            set_decode_attention(target.model, attentions[f"ours:{entry}"])
+            set_attention(target.model, attentions[f"ours:{entry}"])
         if spec == "ar":
             drafts[f"ours:{entry}"] = (ar if loaded is target else Pipeline(loaded, None), 0)
             continue
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(method: str, ids: torch.Tensor, n_new: int) -> dict:
         if layouts[method] is not None:
             set_weight_layout(target.model, layouts[method])  # a copy when it changes, before the clock starts
-            set_decode_attention(target.model, attentions[method])
+            set_attention(target.model, attentions[method])
         if method in ("hf_plain", "hf_lookup"):
             lookup = {"prompt_lookup_num_tokens": args.hf_lookup} if method == "hf_lookup" else {}
             tokens, seconds = run_hf(ar, ids, n_new, None, **lookup)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
             "verify_cost": curves,
             "weight_layout": layouts,
-            "decode_attention": attentions,
+            "attention": attentions,
         },
         "machine": {
             "platform": platform.platform(),

@@ -45,7 +45,7 @@ def _finish(runner: BenchRunner, settings: BenchSettings, stream: Stream, out: s
         "verify_cost": progress.get("verify_cost"),
         "dtype_used": progress.get("dtype"),  # what the target ran in (what `--dtype auto` chose)
         "weight_layout": progress.get("weight_layout"),  # what the target's weights used (models/weight_layout.py)
-        "decode_attention": progress.get("decode_attention"),  # its one-query attention (models/decode_attention.py)
+        "attention": progress.get("attention"),  # how the target attended (models/attention.py)
         "stream": stream.name,
         "prompts": len(stream.online),
         "warmup_prompts": len(stream.warmup),  # the stream's offline warm-up slice; not decoded here

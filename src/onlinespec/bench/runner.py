@@ -30,7 +30,7 @@ from onlinespec.drafts import DEFAULT_DRAFT, make_draft
 from onlinespec.drafts.source_gate import counts_between, source_counts
 from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL, LoadedModel, load_model
-from onlinespec.models.decode_attention import decode_attention
+from onlinespec.models.attention import attention_kind
 from onlinespec.models.weight_layout import weight_layout
 from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.learners import LEARNERS
@@ -244,11 +244,11 @@ class BenchRunner:
             self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
             torch.manual_seed(s.seed)
             # a resumed run keeps the dtype, layout and attention its first session chose: it decodes as that did
-            attention = self.progress.get("decode_attention") or "auto"
+            attention = self.progress.get("attention") or "auto"
             target = load_model(s.target, self.progress.get("dtype") or s.dtype, s.weight_layout, attention)
             self.progress["dtype"] = target.dtype
             self.progress["weight_layout"] = weight_layout(target.model)
-            self.progress["decode_attention"] = decode_attention(target.model)
+            self.progress["attention"] = attention_kind(target.model)
             first = prompt_ids(target.tokenizer, self.stream.online[self.progress["done"]], s.chat)
             pipes = {m: self._pipeline(m, target, first) for m in s.methods}
             self._decode(pipes, target)
@@ -264,7 +264,7 @@ class BenchRunner:
         if any(ours != outputs[REFERENCE] for ours in outputs.values()):
             s = self.settings
             dtype, layout = self.progress.get("dtype") or s.dtype, self.progress.get("weight_layout") or s.weight_layout
-            target = target or load_model(s.target, dtype, layout, self.progress.get("decode_attention") or "auto")
+            target = target or load_model(s.target, dtype, layout, self.progress.get("attention") or "auto")
             prompts = [prompt_ids(target.tokenizer, p, s.chat) for p in self.stream.online]
             margins = divergence_margins(target.model, prompts, outputs, REFERENCE)
         self.progress["divergence_margins"] = margins

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from onlinespec.decoding.config import GenerationConfig
     from onlinespec.decoding.sampling import SamplingConfig
-    from onlinespec.models.decode_attention import decode_attention
+    from onlinespec.models.attention import attention_kind
     from onlinespec.models.weight_layout import weight_layout
     from onlinespec.pipeline import Pipeline
     from onlinespec.text_stream import TextStream
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
             "k": pipe.engine.chain_length(cfg) if pipe.engine is not None else None,
             "dtype": pipe.target.dtype,  # what --dtype chose
             "weight_layout": weight_layout(pipe.target.model),  # what --weight-layout chose
-            "decode_attention": decode_attention(pipe.target.model),  # models/decode_attention.py
+            "attention": attention_kind(pipe.target.model),  # models/attention.py: sdpa or folded
             "learner": args.learner,
         }
         if learned is not None:

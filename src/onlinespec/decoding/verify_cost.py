@@ -36,7 +36,7 @@ import torch
 
 from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.kv_cache import new_cache, rollback
-from onlinespec.models.decode_attention import SDPA, decode_attention
+from onlinespec.models.attention import SDPA, attention_kind
 from onlinespec.models.machine_cache import read_measurement, write_measurement
 from onlinespec.models.weight_layout import weight_layout
 
@@ -197,12 +197,12 @@ def measure_verify_cost(
 
 
 def cached_verify_cost(target: torch.nn.Module, cache_dir: Path) -> VerifyCost:
-    """The measured curve for this model, dtype, weight layout, one-query attention, torch thread count and CPU:
+    """The measured curve for this model, dtype, weight layout, attention kind, torch thread count and CPU:
     read from `cache_dir` when measured before, else measured now (seconds for the embedded model; under a minute
     for a 1.5B target) and saved."""
     extra = {"sizes": MEASURED_TOKENS, "weight_layout": weight_layout(target)}
-    if (attention := decode_attention(target)) != SDPA:  # the one-token cost the curve is relative to changes
-        extra["decode_attention"] = attention  # (SDPA keeps the key measurements made before it existed had)
+    if (attention := attention_kind(target)) != SDPA:  # the curve's forwards run another kernel
+        extra["attention"] = attention  # (SDPA keeps the key measurements made before it existed had)
     saved = read_measurement(cache_dir, "verify-cost", target, extra)
     try:
         return VerifyCost(tuple(saved["relative"]), source=saved["source"], one_token_ms=saved.get("one_token_ms", 0.0))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from onlinespec.errors import UserError
-from onlinespec.models.decode_attention import use_decode_attention
+from onlinespec.models.attention import use_attention
 from onlinespec.models.dtype_choice import AUTO, auto_dtype
 from onlinespec.models.embedded import EMBEDDED, embedded_model_dir
 from onlinespec.models.machine_cache import measurements_dir
@@ -43,13 +43,13 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_model(
-    spec: str, dtype: str | torch.dtype = "float32", weight_layout: str = "standard", decode_attention: str = "auto"
+    spec: str, dtype: str | torch.dtype = "float32", weight_layout: str = "standard", attention: str = "auto"
 ) -> LoadedModel:
     """Load the causal LM and tokenizer named by `spec` (see module docstring) in `dtype` (a name of DTYPES, a
     torch dtype, or "auto": the faster of float32 and bfloat16 on this machine, models/dtype_choice.py), its linear
     weights in `weight_layout` (models/weight_layout.py: "standard" as loaded, "transposed", or "auto"), its
-    one-query attention by `decode_attention` (models/decode_attention.py: "auto" runs it in float32 where a
-    reduced-precision model gains by it here, "sdpa", "float32")."""
+    attention by `attention` (models/attention.py: "auto" folds grouped query heads where a reduced-precision
+    model gains by it here, "sdpa", "folded")."""
     # an unknown name fails here, before anything is loaded; auto loads float32 and decides after
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32 if dtype == AUTO else parse_dtype(dtype)
     if not spec or not spec.strip():
@@ -88,5 +88,5 @@ def load_model(
     else:
         name = {t: n for n, t in DTYPES.items()}.get(torch_dtype, str(torch_dtype).removeprefix("torch."))
     use_weight_layout(model, weight_layout, measurements_dir())
-    use_decode_attention(model, decode_attention, measurements_dir())
+    use_attention(model, attention, measurements_dir())
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, dtype=name, dtype_reason=reason)

@@ -1,0 +1,184 @@
+"""Grouped-query attention with each KV head's query heads folded into the query length, where that is faster.
+
+A grouped-query model (SmolLM2-135M: 9 query heads over 3 KV heads; Qwen2.5-Coder-1.5B: 12 over 2) attends with
+`groups` query heads per KV head. transformers' SDPA path hands PyTorch the 9 heads as they are: with no mask (a
+one-token step) it asks the kernel to broadcast the KV heads (`enable_gqa`); with a mask (every verify forward over
+several tokens, every tree) it first copies each KV head `groups` times (`repeat_kv`). Folded, the same call sees
+3 heads whose query rows are the 3 x q rows of their group, the keys and values read once per KV head, no copy.
+Each output row is the same sum over the same keys, but the kernel may block a [groups * q, D] product differently
+from a [q, D] one: on random inputs the outputs were bit-identical in bf16 (1-25 queries, 7-1000 positions, one case
+7.5e-9 apart); inside SmolLM2-135M a 3-token verify forward's attention differed by up to one bf16 step (2e-3 to
+8e-3) and its logits by up to 0.25. So, like any change of kernel in reduced precision, a greedy token can differ
+from SDPA's at a near-tie (`tests/test_attention.py` checks the outputs agree to bf16 rounding).
+
+Measured on the project's avx512_bf16 AMD EPYC (2 threads, torch 2.13; SmolLM2-135M's head shape; `python
+benchmarks/bench_attention.py`): one bf16 query over 300 cached positions 143 us as SDPA, 30 us folded (600: 356
+-> 77; 1000: 605 -> 115); three queries with their causal mask 112 -> 59 us at 300 (600: 215 -> 102). In a
+one-token SmolLM2 bf16 step at 300 positions attention was 22 % of the time.
+
+The rule (`faster_attention`): time one query without a mask and three with their causal mask, over SHORT and LONG
+cached positions, both ways (fastest of ROUNDS, alternating), and fold if that saves at least MIN_GAIN of the
+summed time; measured once per model config, dtype, thread count and CPU, cached on disk like the weight layout
+(models/machine_cache.py). float32 models keep SDPA without measuring (the greedy-equality tests run in float32,
+where folding is not bit-identical: about 1e-7 apart); so do models without grouped heads and models on another
+attention implementation (eager, flash). `$ONLINESPEC_ATTENTION` = auto | sdpa | folded overrides.
+
+What is folded (`folded_gqa_attention`): calls with one query and no mask, and calls with a boolean or additive
+mask shared by the heads ([B, 1, q, T]); a causal call without a mask (a prefill into an empty cache, which SDPA
+runs with its causal fast path) and anything with position bias or dropout go to SDPA as before. The switch uses
+transformers' public attention registry: the model's `config._attn_implementation` names ATTENTION_NAME, whose
+mask is SDPA's; modules built from the same config (the EAGLE heads' decoder layer) follow it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from onlinespec.errors import UserError
+from onlinespec.models.machine_cache import read_measurement, write_measurement
+
+SDPA, FOLDED = "sdpa", "folded"
+ATTENTION_MODES = ("auto", SDPA, FOLDED)  # auto: measure once (cached) and keep the faster
+ATTENTION_NAME = "onlinespec_folded_gqa"  # registered with transformers' attention and mask registries
+ENV = "ONLINESPEC_ATTENTION"
+SHORT, LONG = 256, 1024  # cached positions the rule measures at
+QUERIES = (1, 3)  # a one-token step (no mask) and a verify forward of the default k = 2 (with its causal mask)
+ROUNDS = 3  # each way is timed this many times, alternating; the fastest counts
+CALLS = 20  # attention calls per timing
+MIN_GAIN = 0.05  # folding must save at least this share of the summed SDPA time
+
+
+def folded_gqa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function. query [B, H, q, D], key/value [B, Hkv, T, D], attention_mask None or
+    [B, 1, q, T] -> ([B, q, H, D], None). Folds query [B, H, q, D] into [B, Hkv, groups * q, D] (row g * q + i is
+    query head h * groups + g at position i) and the mask's rows alike; otherwise SDPA as transformers runs it."""
+    batch, heads, queries, dim = query.shape
+    groups = heads // key.shape[1]
+    shared_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+    if (
+        groups == 1
+        or query.dtype == torch.float32
+        or dropout > 0.0
+        or kwargs.get("position_bias") is not None
+        or (attention_mask is None and queries > 1)  # causal without a mask: SDPA's causal path
+        or (attention_mask is not None and not shared_mask)
+    ):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    folded = query.reshape(batch, key.shape[1], groups * queries, dim)
+    mask = None if attention_mask is None else attention_mask.repeat(1, 1, groups, 1)  # [B, 1, groups * q, T]
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(query.dtype)  # an additive mask in the query's dtype, as SDPA requires
+    out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, heads, queries, dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, folded_gqa_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def attention_kind(model: nn.Module) -> str:
+    """How `model` attends: FOLDED (ours), SDPA, or the name of another implementation."""
+    name = getattr(model.config, "_attn_implementation", None) or SDPA
+    return FOLDED if name == ATTENTION_NAME else name
+
+
+def set_attention(model: nn.Module, mode: str) -> None:
+    """Switch `model` (an SDPA or already-folded transformers model) to `mode`, in place; a model on another
+    attention implementation (eager, flash) is left as it is."""
+    if mode not in (SDPA, FOLDED):
+        raise UserError(f"unknown attention '{mode}': choose one of {', '.join(ATTENTION_MODES)}")
+    if attention_kind(model) in (SDPA, FOLDED):
+        model.set_attn_implementation(ATTENTION_NAME if mode == FOLDED else SDPA)
+
+
+def head_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of `model`'s attention, from its config."""
+    c = model.config
+    heads = int(c.num_attention_heads)
+    kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    return heads, kv_heads, head_dim
+
+
+def causal_mask(queries: int, length: int) -> torch.Tensor:
+    """[1, 1, q, T] bool: new token i (at position T - q + i) sees positions <= its own."""
+    return torch.ones(queries, length, dtype=torch.bool).tril(length - queries)[None, None]
+
+
+@torch.inference_mode()
+def measure_attention(
+    shape: tuple[int, int, int], dtype: torch.dtype, lengths: tuple[int, ...] = (SHORT, LONG)
+) -> dict[str, list[float]]:
+    """Microseconds of one attention call for each (queries in QUERIES, cached length in `lengths`), each way:
+    {SDPA: [...], FOLDED: [...]} (random inputs of `shape` = (heads, KV heads, head dim) in `dtype`; one query
+    without a mask, several with their causal mask, as transformers passes them; fastest of ROUNDS, alternating)."""
+    heads, kv_heads, head_dim = shape
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    ways = {SDPA: sdpa_attention_forward, FOLDED: folded_gqa_attention}
+    cases = [(q, length) for q in QUERIES for length in lengths]
+    best: dict[str, list[float]] = {way: [float("inf")] * len(cases) for way in ways}
+    for i, (queries, length) in enumerate(cases):
+        query = torch.randn(1, heads, queries, head_dim, dtype=dtype)
+        key, value = (torch.randn(1, kv_heads, length, head_dim, dtype=dtype) for _ in range(2))
+        mask = None if queries == 1 else causal_mask(queries, length)
+        for _ in range(ROUNDS):
+            for way, attend in ways.items():
+                attend(module, query, key, value, mask)  # warm
+                tic = time.perf_counter()
+                for _ in range(CALLS):
+                    attend(module, query, key, value, mask)
+                best[way][i] = min(best[way][i], (time.perf_counter() - tic) / CALLS * 1e6)
+    return best
+
+
+def faster_attention(times_us: dict[str, list[float]]) -> str:
+    """The rule: FOLDED when its summed time is at least MIN_GAIN below SDPA's, else SDPA."""
+    return FOLDED if sum(times_us[FOLDED]) < (1 - MIN_GAIN) * sum(times_us[SDPA]) else SDPA
+
+
+def use_attention(model: nn.Module, mode: str = "auto", cache_dir: Path | None = None) -> str:
+    """Set how `model` attends by `mode` (`$ONLINESPEC_ATTENTION` wins when set): SDPA, FOLDED, or "auto" (FOLDED
+    where this machine runs it MIN_GAIN faster, measured once and cached under `cache_dir`; SDPA for float32
+    models, models without grouped heads and off the CPU, with nothing measured). Returns what the model now runs."""
+    mode = os.environ.get(ENV) or mode
+    if mode not in ATTENTION_MODES:
+        raise UserError(f"unknown attention '{mode}' (${ENV} or the caller): choose one of auto, sdpa, folded")
+    if mode == "auto":
+        param = next(model.parameters())
+        heads, kv_heads, _ = shape = head_shape(model)
+        if (
+            param.dtype == torch.float32
+            or param.device.type != "cpu"
+            or heads == kv_heads
+            or attention_kind(model) not in (SDPA, FOLDED)
+        ):
+            mode = SDPA
+        else:
+            saved = read_measurement(cache_dir, "attention", model) if cache_dir is not None else None
+            if saved is None:
+                times = measure_attention(shape, param.dtype)
+                saved = {"choice": faster_attention(times), "us": times, "queries": QUERIES, "lengths": [SHORT, LONG]}
+                if cache_dir is not None:
+                    write_measurement(cache_dir, "attention", model, saved)
+            mode = saved["choice"]
+    set_attention(model, mode)
+    return attention_kind(model)
