@@ -126,20 +126,24 @@ def causal_mask(queries: int, length: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def measure_attention(
-    shape: tuple[int, int, int], dtype: torch.dtype, lengths: tuple[int, ...] = (SHORT, LONG)
+    shape: tuple[int, int, int],
+    dtype: torch.dtype,
+    lengths: tuple[int, ...] = (SHORT, LONG),
+    queries: tuple[int, ...] = QUERIES,
 ) -> dict[str, list[float]]:
-    """Microseconds of one attention call for each (queries in QUERIES, cached length in `lengths`), each way:
-    {SDPA: [...], FOLDED: [...]} (random inputs of `shape` = (heads, KV heads, head dim) in `dtype`; one query
-    without a mask, several with their causal mask, as transformers passes them; fastest of ROUNDS, alternating)."""
+    """Microseconds of one attention call for each (q in `queries`, cached length in `lengths`), in that order,
+    each way: {SDPA: [...], FOLDED: [...]} (random inputs of `shape` = (heads, KV heads, head dim) in `dtype`; one
+    query without a mask, several with their causal mask, as transformers passes them; fastest of ROUNDS,
+    alternating)."""
     heads, kv_heads, head_dim = shape
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
     ways = {SDPA: sdpa_attention_forward, FOLDED: folded_gqa_attention}
-    cases = [(q, length) for q in QUERIES for length in lengths]
+    cases = [(q, length) for q in queries for length in lengths]
     best: dict[str, list[float]] = {way: [float("inf")] * len(cases) for way in ways}
-    for i, (queries, length) in enumerate(cases):
-        query = torch.randn(1, heads, queries, head_dim, dtype=dtype)
+    for i, (n, length) in enumerate(cases):
+        query = torch.randn(1, heads, n, head_dim, dtype=dtype)
         key, value = (torch.randn(1, kv_heads, length, head_dim, dtype=dtype) for _ in range(2))
-        mask = None if queries == 1 else causal_mask(queries, length)
+        mask = None if n == 1 else causal_mask(n, length)
         for _ in range(ROUNDS):
             for way, attend in ways.items():
                 attend(module, query, key, value, mask)  # warm
