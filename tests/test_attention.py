@@ -134,7 +134,8 @@ def test_auto_measures_once_for_reduced_precision_and_the_env_overrides(tmp_path
     saved.write_text(json.dumps({**record, "choice": SDPA if chosen == FOLDED else FOLDED}))
     assert use_attention(bf16, "auto", tmp_path) != chosen  # read from the cache, not measured again
     monkeypatch.setenv(ENV, SDPA)
-    assert use_attention(bf16, FOLDED, tmp_path) == SDPA
+    assert use_attention(bf16, "auto", tmp_path) == SDPA  # the environment decides what auto means
+    assert use_attention(bf16, FOLDED, tmp_path) == FOLDED  # an explicit choice stays
     monkeypatch.setenv(ENV, "fast")
     with pytest.raises(UserError, match="unknown attention 'fast'.*auto, sdpa, folded"):
         use_attention(bf16, "auto", tmp_path)

@@ -21,7 +21,7 @@ cached positions, both ways (fastest of ROUNDS, alternating), and fold if that s
 summed time; measured once per model config, dtype, thread count and CPU, cached on disk like the weight layout
 (models/machine_cache.py). float32 models keep SDPA without measuring (the greedy-equality tests run in float32,
 where folding is not bit-identical: about 1e-7 apart); so do models without grouped heads and models on another
-attention implementation (eager, flash). `$ONLINESPEC_ATTENTION` = auto | sdpa | folded overrides.
+attention implementation (eager, flash). `$ONLINESPEC_ATTENTION` = auto | sdpa | folded overrides `auto`.
 
 What is folded (`folded_gqa_attention`): calls with one query and no mask, and calls with a boolean or additive
 mask shared by the heads ([B, 1, q, T]); a causal call without a mask (a prefill into an empty cache, which SDPA
@@ -160,10 +160,11 @@ def faster_attention(times_us: dict[str, list[float]]) -> str:
 
 
 def use_attention(model: nn.Module, mode: str = "auto", cache_dir: Path | None = None) -> str:
-    """Set how `model` attends by `mode` (`$ONLINESPEC_ATTENTION` wins when set): SDPA, FOLDED, or "auto" (FOLDED
+    """Set how `model` attends by `mode`: SDPA, FOLDED, or "auto" (`$ONLINESPEC_ATTENTION` when set, else FOLDED
     where this machine runs it MIN_GAIN faster, measured once and cached under `cache_dir`; SDPA for float32
     models, models without grouped heads and off the CPU, with nothing measured). Returns what the model now runs."""
-    mode = os.environ.get(ENV) or mode
+    if mode == "auto":
+        mode = os.environ.get(ENV) or mode  # the environment decides what "auto" means; an explicit mode stays
     if mode not in ATTENTION_MODES:
         raise UserError(f"unknown attention '{mode}' (${ENV} or the caller): choose one of auto, sdpa, folded")
     if mode == "auto":
