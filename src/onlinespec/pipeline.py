@@ -104,11 +104,13 @@ class Pipeline:
         dtype: str = "auto",
         verify_cost: str = "auto",
         weight_layout: str = "auto",
+        attention: str = "auto",
     ) -> Pipeline:
         """Load `target` in `dtype` (default: the faster of float32 and bfloat16 on this machine,
         models/dtype_choice.py), its linear weights in `weight_layout` (models/weight_layout.py; default: the faster
-        here), and build `draft` for it in the same dtype; `verify_cost` as in `use_verify_cost` (default: measured)."""
-        loaded = load_model(target, dtype, weight_layout)
+        here), its attention by `attention` (models/attention.py; default: folded where faster here), and build
+        `draft` for it in the same dtype; `verify_cost` as in `use_verify_cost` (default: measured)."""
+        loaded = load_model(target, dtype, weight_layout, attention)
         pipe = cls(loaded, make_draft(draft, loaded))  # the draft in the target's dtype
         pipe.use_verify_cost(verify_cost)
         return pipe

@@ -61,6 +61,7 @@ class BenchSettings:
     dtype: str = "auto"  # models/dtype_choice.py: the faster of float32 and bfloat16 here
     verify_cost: str = "auto"  # Pipeline.use_verify_cost: cut proposals to what this machine's verify cost pays
     weight_layout: str = "auto"  # models/weight_layout.py: the target's linear weights as the faster layout here
+    attention: str = "auto"  # models/attention.py: folded query heads where faster here
     chat: bool = True
     seed: int = 0
     online: OnlineConfig = field(default_factory=OnlineConfig)  # learner, round size and schedule are set per method
@@ -244,7 +245,7 @@ class BenchRunner:
             self.checkpoint.save(self.progress)  # a run stopped in its first round can be resumed too
             torch.manual_seed(s.seed)
             # a resumed run keeps the dtype, layout and attention its first session chose: it decodes as that did
-            attention = self.progress.get("attention") or "auto"
+            attention = self.progress.get("attention") or s.attention
             target = load_model(s.target, self.progress.get("dtype") or s.dtype, s.weight_layout, attention)
             self.progress["dtype"] = target.dtype
             self.progress["weight_layout"] = weight_layout(target.model)
@@ -264,7 +265,7 @@ class BenchRunner:
         if any(ours != outputs[REFERENCE] for ours in outputs.values()):
             s = self.settings
             dtype, layout = self.progress.get("dtype") or s.dtype, self.progress.get("weight_layout") or s.weight_layout
-            target = target or load_model(s.target, dtype, layout, self.progress.get("attention") or "auto")
+            target = target or load_model(s.target, dtype, layout, self.progress.get("attention") or s.attention)
             prompts = [prompt_ids(target.tokenizer, p, s.chat) for p in self.stream.online]
             margins = divergence_margins(target.model, prompts, outputs, REFERENCE)
         self.progress["divergence_margins"] = margins

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         verify_cost=args.verify_cost,
         weight_layout=args.weight_layout,
+        attention=args.attention,
         chat=not args.no_chat,
         seed=args.seed,
         online=online_config_from_args(args),

@@ -82,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         verify_cost=args.verify_cost,
         weight_layout=args.weight_layout,
+        attention=args.attention,
     )
     if online_cfg is not None:
         pipe.enable_learning(online_cfg)

@@ -56,8 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     s = _settings(args, ReasonBenchSettings)
     s.check()
     quiet_transformers()
-    target = load_model(s.target, s.dtype, s.weight_layout)
-    draft = load_model(s.draft, s.dtype)
+    target = load_model(s.target, s.dtype, s.weight_layout, s.attention)
+    draft = load_model(s.draft, s.dtype, attention=s.attention)
     draft_model, learner = draft.model, None
     if learn != "none":
         learner = StepPreferenceLearner(draft.model, draft.tokenizer, s.learner_config(learn))

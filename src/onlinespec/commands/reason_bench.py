@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder")
     quiet_transformers()
-    target = load_model(settings.target, settings.dtype, settings.weight_layout)
-    draft = load_model(settings.draft, settings.dtype)
+    target = load_model(settings.target, settings.dtype, settings.weight_layout, settings.attention)
+    draft = load_model(settings.draft, settings.dtype, attention=settings.attention)
     summary = run_reason_bench(settings, out, (target.model, target.tokenizer), (draft.model, draft.tokenizer))
     from onlinespec.reasoning.stream_bench import report
 

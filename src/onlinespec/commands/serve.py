@@ -136,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         verify_cost=args.verify_cost,
         weight_layout=args.weight_layout,
+        attention=args.attention,
     )
     why = f" (--dtype auto: {pipe.target.dtype_reason})" if pipe.target.dtype_reason else ""
     log.info("target %s in %s%s", args.target, pipe.target.dtype, why)

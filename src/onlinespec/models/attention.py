@@ -159,23 +159,38 @@ def faster_attention(times_us: dict[str, list[float]]) -> str:
     return FOLDED if sum(times_us[FOLDED]) < (1 - MIN_GAIN) * sum(times_us[SDPA]) else SDPA
 
 
+def folding_unavailable(model: nn.Module) -> str | None:
+    """Why folding would change nothing for `model` (None where it can help): float32 (never folded), no grouped
+    heads, or another attention implementation."""
+    heads, kv_heads, _ = head_shape(model)
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
+        return "folded attention is for bfloat16 and float16 models (the model is float32: --dtype bfloat16)"
+    if heads == kv_heads:
+        return f"the model has as many KV heads as query heads ({heads}): there is nothing to fold"
+    if attention_kind(model) not in (SDPA, FOLDED):
+        return f"the model runs '{attention_kind(model)}' attention, not SDPA"
+    return None
+
+
 def use_attention(model: nn.Module, mode: str = "auto", cache_dir: Path | None = None) -> str:
-    """Set how `model` attends by `mode`: SDPA, FOLDED, or "auto" (`$ONLINESPEC_ATTENTION` when set, else FOLDED
-    where this machine runs it MIN_GAIN faster, measured once and cached under `cache_dir`; SDPA for float32
-    models, models without grouped heads and off the CPU, with nothing measured). Returns what the model now runs."""
-    if mode == "auto":
-        mode = os.environ.get(ENV) or mode  # the environment decides what "auto" means; an explicit mode stays
+    """Set how `model` attends by `mode`: SDPA, FOLDED (refused with the reason where it would change nothing), or
+    "auto" (`$ONLINESPEC_ATTENTION` when set, else FOLDED where this machine runs it MIN_GAIN faster, measured once
+    and cached under `cache_dir`; SDPA with nothing measured where folding is unavailable or off the CPU).
+    Returns what the model now runs."""
+    from_env = mode == "auto" and bool(os.environ.get(ENV))
+    if from_env:
+        mode = os.environ[ENV]  # the environment decides what "auto" means; an explicit mode stays
     if mode not in ATTENTION_MODES:
         raise UserError(f"unknown attention '{mode}' (${ENV} or the caller): choose one of auto, sdpa, folded")
+    if mode == FOLDED and (reason := folding_unavailable(model)):
+        if not from_env:  # asked for by name: say why not; asked for by the environment: as auto would
+            raise UserError(f"attention 'folded' is not available here: {reason}; use --attention auto")
+        mode = SDPA
     if mode == "auto":
         param = next(model.parameters())
-        heads, kv_heads, _ = shape = head_shape(model)
-        if (
-            param.dtype == torch.float32
-            or param.device.type != "cpu"
-            or heads == kv_heads
-            or attention_kind(model) not in (SDPA, FOLDED)
-        ):
+        shape = head_shape(model)
+        if folding_unavailable(model) or param.device.type != "cpu":
             mode = SDPA
         else:
             saved = read_measurement(cache_dir, "attention", model) if cache_dir is not None else None

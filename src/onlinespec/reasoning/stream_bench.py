@@ -81,6 +81,7 @@ class ReasonBenchSettings:
     lora_rank: int = 0
     steps_per_update: int = 1  # Adam steps per learning round
     weight_layout: str = "auto"  # the target's (models/weight_layout.py); the draft keeps its own
+    attention: str = "auto"  # the target's and the draft's (models/attention.py)
 
     def check(self) -> None:
         unknown = [m for m in self.methods if m not in REASON_METHODS]
