@@ -71,13 +71,22 @@ def test_weight_layouts_give_the_same_greedy_text_and_say_which_ran(tmp_path) ->
     assert proc.returncode == 2 and "invalid choice: 'sideways'" in proc.stderr
 
 
+def tiny_layerskip_generate(tmp_path) -> list[str]:
+    """`generate` arguments for a tiny model saved under tmp_path, drafted by its own first layers."""
+    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
+    return ["generate", "the cat", "--target", str(tmp_path / "m"), "--draft", "layerskip:2", "--max-new-tokens", "12"]
+
+
+def refused(proc: subprocess.CompletedProcess, reason: str) -> None:
+    """A setting this model cannot take: exit code 2, one line naming it and why, no traceback."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not available here: " + reason in proc.stderr
+
+
 def test_packed_weights_give_the_standard_greedy_text_or_a_clear_refusal(tmp_path) -> None:
     """bf16 packed weights (models/packed_linear.py) under a layer-skip draft, which shares the target's layers."""
-    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
-    args = ["generate", "the cat", "--target", str(tmp_path / "m"), "--draft", "layerskip:2", "--max-new-tokens", "12"]
-    proc = onlinespec(*args, "--weight-layout", "packed", "--dtype", "float32")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "weight layout 'packed' is not available here: packed weights need bfloat16" in proc.stderr
+    args = tiny_layerskip_generate(tmp_path)
+    refused(onlinespec(*args, "--weight-layout", "packed", "--dtype", "float32"), "packed weights need bfloat16")
     outputs = {}
     for layout in ("standard", "packed"):
         proc = onlinespec(*args, "--json", "--dtype", "bfloat16", "--weight-layout", layout)
@@ -92,11 +101,8 @@ def test_packed_weights_give_the_standard_greedy_text_or_a_clear_refusal(tmp_pat
 
 def test_the_attention_flag_folds_a_bf16_target_and_refuses_float32_with_the_reason(tmp_path) -> None:
     """--attention (models/attention.py) on every decoding command: generate here; --json says what ran."""
-    save_tiny_model_dir(tmp_path / "m", ["the", "cat", "sat", "on", "mat"])
-    args = ["generate", "the cat", "--target", str(tmp_path / "m"), "--draft", "layerskip:2", "--max-new-tokens", "12"]
-    proc = onlinespec(*args, "--attention", "folded", "--dtype", "float32")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "attention 'folded' is not available here: folded attention is for bfloat16" in proc.stderr
+    args = tiny_layerskip_generate(tmp_path)
+    refused(onlinespec(*args, "--attention", "folded", "--dtype", "float32"), "folded attention is for bfloat16")
     for mode in ("sdpa", "folded"):
         proc = onlinespec(*args, "--json", "--dtype", "bfloat16", "--attention", mode)
         assert proc.returncode == 0, proc.stderr
