@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = embedded_model_dir(args.target) if args.target in EMBEDDED else args.target
-    shape = head_shape(SimpleNamespace(config=AutoConfig.from_pretrained(source)))
+    shape = head_shape(AutoConfig.from_pretrained(source))
     lengths = tuple(int(x) for x in args.lengths.split(","))
     queries = tuple(int(x) for x in args.queries.split(","))
     us = measure_attention(shape, DTYPES[args.dtype], lengths, queries)

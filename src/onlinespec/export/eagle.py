@@ -48,6 +48,7 @@ from torch import nn
 from onlinespec.atomic import atomic_directory
 from onlinespec.drafts.head_store import CONFIG, VOCAB_KEY, WEIGHTS, read_head
 from onlinespec.errors import UserError
+from onlinespec.models.attention import head_shape
 
 FORMATS = ("vllm", "sglang")
 ARCHITECTURES = {"vllm": "LlamaForCausalLM", "sglang": "LlamaForCausalLMEagle"}
@@ -80,8 +81,8 @@ def target_config(target) -> tuple[object, str]:
 def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Shapes of a head's trainable tensors (head names) for a Llama target with config `cfg`."""
     d, inter = cfg.hidden_size, cfg.intermediate_size
-    head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
-    q, kv = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+    heads, kv_heads, head_dim = head_shape(cfg)
+    q, kv = heads * head_dim, kv_heads * head_dim
     shapes = {
         "fc.weight": (d, 2 * d),
         "self_attn.q_proj.weight": (q, d),

@@ -31,6 +31,7 @@ from onlinespec.drafts.eagle3 import default_aux_layers
 from onlinespec.drafts.head_store import CONFIG, VOCAB_KEY, WEIGHTS
 from onlinespec.errors import UserError
 from onlinespec.export.eagle import check_shape, engine_config, read_exportable_head
+from onlinespec.models.attention import head_shape
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 SUPPORTED_TARGETS = ("LlamaForCausalLM", "Qwen2ForCausalLM")  # the draft layer is Llama-shaped for both
@@ -51,8 +52,8 @@ LAYER_PARAMS = (
 def expected_shapes(cfg, draft_vocab: int) -> dict[str, tuple[int, ...]]:
     """Shapes of an EAGLE-3 head's saved tensors (head names) for a target with config `cfg`."""
     d, inter = cfg.hidden_size, cfg.intermediate_size
-    head_dim = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
-    q, kv = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+    heads, kv_heads, head_dim = head_shape(cfg)
+    q, kv = heads * head_dim, kv_heads * head_dim
     layer = {
         "self_attn.q_proj.weight": (q, 2 * d),
         "self_attn.k_proj.weight": (kv, 2 * d),

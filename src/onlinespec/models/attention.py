@@ -76,6 +76,7 @@ def folded_gqa_attention(
     shared_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
     if (
         groups == 1
+        or not query.is_cpu  # measured on the CPU only (a model moved to a GPU after loading keeps SDPA's kernel)
         or query.dtype == torch.float32
         or dropout > 0.0
         or kwargs.get("position_bias") is not None
@@ -110,9 +111,9 @@ def set_attention(model: nn.Module, mode: str) -> None:
         model.set_attn_implementation(ATTENTION_NAME if mode == FOLDED else SDPA)
 
 
-def head_shape(model: nn.Module) -> tuple[int, int, int]:
-    """(query heads, KV heads, head dim) of `model`'s attention, from its config."""
-    c = model.config
+def head_shape(config) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of a transformers model config's attention."""
+    c = config
     heads = int(c.num_attention_heads)
     kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
@@ -162,7 +163,7 @@ def faster_attention(times_us: dict[str, list[float]]) -> str:
 def folding_unavailable(model: nn.Module) -> str | None:
     """Why folding would change nothing for `model` (None where it can help): float32 (never folded), no grouped
     heads, or another attention implementation."""
-    heads, kv_heads, _ = head_shape(model)
+    heads, kv_heads, _ = head_shape(model.config)
     dtype = next(model.parameters()).dtype
     if dtype == torch.float32:
         return "folded attention is for bfloat16 and float16 models (the model is float32: --dtype bfloat16)"
@@ -189,7 +190,7 @@ def use_attention(model: nn.Module, mode: str = "auto", cache_dir: Path | None =
         mode = SDPA
     if mode == "auto":
         param = next(model.parameters())
-        shape = head_shape(model)
+        shape = head_shape(model.config)
         if folding_unavailable(model) or param.device.type != "cpu":
             mode = SDPA
         else:
