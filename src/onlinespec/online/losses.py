@@ -2,14 +2,18 @@
 
 p is known only on its top-K ids plus a tail mass, so both distributions are compared on the coarsened space
 {top-K ids, everything else}: K+1 outcomes. With K = V (full p) this is the exact divergence. Forward KL(p||q)
-(the default) equals the cross-entropy to p up to a constant; reverse KL and JSD are the OSD options.
+(the default) equals the cross-entropy to p up to a constant; reverse KL and JSD are the OSD options. `top1` is
+the cross-entropy to the target's most likely token alone, -log q(argmax p): in greedy decoding a drafted token is
+accepted exactly when it is that token, so this is the log-likelihood of the event verification rewards (the rest
+of p is ignored; for sampled decoding the divergences are the right objectives).
 """
 
 from __future__ import annotations
 
 import torch
 
-LOSSES = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # zero exactly when q = p on the coarsened space
+LOSSES = (*DIVERGENCES, "top1")
 EPS = 1e-8
 
 
@@ -40,6 +44,8 @@ def divergence(
         return (p * (log_p - log_q)).sum()
     if kind == "reverse_kl":  # KL(q || p)
         return (q * (log_q - log_p)).sum()
+    if kind == "top1":  # -log q(argmax p); top_ids are sorted by p, so column 0; a token the draft cannot emit: 0
+        return -(log_q[:, 0] * (p[:, 0] > 0)).sum()
     if kind == "jsd":  # 0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2
         log_m = ((p + q) / 2).clamp_min(EPS).log()
         return 0.5 * (p * (log_p - log_m)).sum() + 0.5 * (q * (log_q - log_m)).sum()
