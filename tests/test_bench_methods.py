@@ -52,6 +52,11 @@ def test_adapt_presets_stream_unseen_domains_for_long_enough() -> None:
         base = OnlineConfig(schedule="sync", learner_cfg=LearnerConfig(lr=0.1))
         learners = {method_config(m, base).learner_cfg.step for m in preset.methods if m != "ar"}
         assert {"sgd", "adam"} <= learners and "static" in preset.methods
+    long = PRESETS["adapt-long"]
+    assert long.stream not in warmed and long.num_prompts // long.round_size >= 50
+    assert {"ar", "static", "count"} <= set(long.methods)
+    adam = [method_config(m, OnlineConfig(schedule="sync")) for m in long.methods if m.startswith("ogd-adam")]
+    assert [(c.learner_cfg.step, c.learner_cfg.lr, c.unroll, c.loss_after) for c in adam] == [("adam", 1e-4, 1, False)]
 
 
 def test_bench_runs_variants_and_records_the_new_telemetry(tmp_path) -> None:

@@ -30,7 +30,8 @@ LR_GRIDS = ("up", "centred")
 # and the ensemble (its smallest expert, or its centre with lr_grid=centred), per learner for the ablations.
 # docs/online-learning.md "Defaults" says where each value comes from:
 #   sgd 0.1     textbook OGD on the norm-1-clipped gradient; 1.0 was unstable on the embedded model (caecf14 runs)
-#   adam 5e-4   the order of the paper's online AdamW (1e-3); the adapt runs in docs/benchmarks.md use it
+#   adam 5e-4   the order of the paper's online AdamW (1e-3); the adapt runs in docs/benchmarks.md use it (on a
+#               60-round stream the re-made head drifted at 5e-4 and learned at 1e-4: the adapt-long preset's)
 #   adagrad 1e-3  AdaGrad's first step is ~lr per coordinate, as Adam's; set by that analogy, not by a run
 #   adamw 5e-4, sgd-momentum 0.1: as adam and sgd
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 1e-3, "adam": 5e-4, "adamw": 5e-4, "sgd-momentum": 0.1}
