@@ -4,8 +4,10 @@ target's full vocabulary (the upper bound of growing it online), on the same pro
     python benchmarks/bench_vocab.py --stream writingbench --num-prompts 6 --out runs/vocab
 
 The head's logits are the target's frozen LM-head rows applied to its output, so the full vocabulary needs no
-training: every row a grown vocabulary could add is already there. Greedy, fp32, k = 2, chat-wrapped prompts from
-the stream's online slice. Prints and saves tau, the out-of-vocabulary rate of the target's tokens, and seconds.
+training: every row a grown vocabulary could add is already there. Greedy, `--dtype auto`'s pick (fp32 when the
+runs of 2026-12-03 were made), k = 2, chat-wrapped prompts from the stream's online slice; `--target` and
+`--draft eagle:DIR` measure another target's head. Prints and saves tau, the out-of-vocabulary rate of the target's
+tokens, and seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from onlinespec import GenerationConfig
 from onlinespec.bench.prompts import STREAM_NAMES, load_stream
 from onlinespec.decoding.metrics import RequestStats
 from onlinespec.drafts.head_parts import DraftVocab
+from onlinespec.models import DEFAULT_MODEL
 from onlinespec.pipeline import Pipeline
 
 
@@ -31,9 +34,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--out", default="runs/vocab")
+    parser.add_argument("--target", default=DEFAULT_MODEL, help="embedded name, hub id or local folder")
+    parser.add_argument("--draft", default="eagle", help="a head draft spec: eagle (the bundled head) or eagle:DIR")
     args = parser.parse_args()
     torch.manual_seed(0)
-    pipe = Pipeline.load(draft="eagle")
+    pipe = Pipeline.load(args.target, draft=args.draft)
     head = pipe.draft.model
     vocabs = {"reduced": head.vocab, "full": DraftVocab(pipe.target.model.get_output_embeddings(), None)}
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, k=args.k)
@@ -57,6 +62,9 @@ def main() -> None:
         for name, s in stats.items()
     }
     report = {
+        "target": args.target,
+        "draft": args.draft,
+        "dtype": pipe.target.dtype,
         "stream": args.stream,
         "prompts": args.num_prompts,
         "max_new_tokens": args.max_new_tokens,
