@@ -4,9 +4,9 @@ target's full vocabulary (the upper bound of growing it online), on the same pro
     python benchmarks/bench_vocab.py --stream writingbench --num-prompts 6 --out runs/vocab
 
 The head's logits are the target's frozen LM-head rows applied to its output, so the full vocabulary needs no
-training: every row a grown vocabulary could add is already there. Greedy, `--dtype auto`'s pick (fp32 when the
-runs of 2026-12-03 were made), k = 2, chat-wrapped prompts from the stream's online slice; `--target` and
-`--draft eagle:DIR` measure another target's head. Prints and saves tau, the out-of-vocabulary rate of the target's
+training: every row a grown vocabulary could add is already there. Greedy, in `--dtype auto`'s pick (recorded in
+results.json), k = 2, chat-wrapped prompts from the stream's online slice; `--target` and `--draft eagle:DIR`
+measure another target's head. Prints and saves tau, the out-of-vocabulary rate of the target's
 tokens, and seconds.
 """
 
