@@ -8,8 +8,10 @@ last len // 3 rounds; the first third as many from the start, the middle the res
 - tau: the third's new tokens / its target forwards;
 - per draft source (hybrid drafts): verify steps drafted, the share of scored proposals whose first token the
   target committed, and the mean number of their tokens it committed (the source gate's score);
-- with --reference: the loss before each round's update (prequential) / the reference method's loss on the same
-  round, averaged over the third's rounds from round 2 on (round 1 is the same warm start for all). The reference
+- with --reference: the loss before each round's update (prequential: the learner's decision scored on feedback it
+  has not trained on) / the reference method's loss on the same round, averaged over the whole stream and over each
+  third, from round 2 on (round 1 is the same warm start for all). A learner at a negligible lr (1e-9: below a bf16
+  weight's spacing, so the draft never changes) gives the frozen draft's loss on each round. The reference
   is a method of --reference-run (default: the first run); runs of the same preset, stream and prompts have the
   same rounds, so a frozen reference (a learner at lr 1e-9) measured once serves every run.
 """
@@ -36,13 +38,31 @@ def thirds(rounds: list[int]) -> list[list[int]]:
     return [rounds[:n], rounds[n:-n], rounds[-n:]]
 
 
-def summarise(rows: list[dict], reference: dict[int, float] | None) -> dict[str, list[dict]]:
-    """method -> one dict per third: tau, sources {name: (steps, first-right rate, mean score)}, loss_ratio."""
+def loss_ratios(per_round: dict[int, dict], reference: dict[int, float] | None) -> dict[int, float]:
+    """round -> its loss before the update / the reference's loss on that round, from round 2 on (round 1 is the
+    same warm start for all); rounds without a loss on either side are left out."""
+    if not reference:
+        return {}
+    return {
+        t: float(row["loss"]) / reference[t]
+        for t, row in per_round.items()
+        if t > 1 and row.get("loss") is not None and reference.get(t, 0) > 0
+    }
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarise(rows: list[dict], reference: dict[int, float] | None) -> dict[str, dict]:
+    """method -> {"thirds": one dict per third (tau, sources {name: (steps, first-right rate, mean score)},
+    loss_ratio), "loss_ratio": the mean loss ratio over the whole stream (rounds 2..T)}."""
     by_method: dict[str, dict[int, dict]] = defaultdict(dict)
     for row in rows:
         by_method[row["method"]][row["round"]] = row
     out = {}
     for method, per_round in by_method.items():
+        ratios = loss_ratios(per_round, reference)
         parts = []
         for rounds in thirds(sorted(per_round)):
             rows_ = [per_round[t] for t in rounds]
@@ -55,11 +75,6 @@ def summarise(rows: list[dict], reference: dict[int, float] | None) -> dict[str,
                     acc[1] += s["scored"]
                     acc[2] += s["first_right"]
                     acc[3] += s["matched"]
-            ratios = [
-                float(per_round[t]["loss"]) / reference[t]
-                for t in rounds
-                if reference and t > 1 and per_round[t].get("loss") is not None and reference.get(t, 0) > 0
-            ]
             parts.append(
                 {
                     "tau": sum(r["new_tokens"] for r in rows_) / forwards if forwards else 0.0,
@@ -67,10 +82,10 @@ def summarise(rows: list[dict], reference: dict[int, float] | None) -> dict[str,
                         name: (a[0], a[2] / a[1] if a[1] else 0.0, a[3] / a[1] if a[1] else 0.0)
                         for name, a in sources.items()
                     },
-                    "loss_ratio": sum(ratios) / len(ratios) if ratios else None,
+                    "loss_ratio": mean([ratios[t] for t in rounds if t in ratios]),
                 }
             )
-        out[method] = parts
+        out[method] = {"thirds": parts, "loss_ratio": mean([ratios[t] for t in sorted(ratios)])}
     return out
 
 
@@ -88,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no round losses for reference '{args.reference}' in that run")
     for run in args.runs:
         print(f"{run}:")
-        for method, parts in summarise(read_rounds(run), reference).items():
+        for method, summary in summarise(read_rounds(run), reference).items():
+            parts = summary["thirds"]
             taus = " / ".join(f"{part['tau']:.3f}" for part in parts)
             print(f"  {method}: tau by thirds {taus}")
             for name in sorted({n for part in parts for n in part["sources"]}):
@@ -97,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                     steps, first, mean = part["sources"].get(name, (0, 0.0, 0.0))
                     cells.append(f"{steps} steps, first right {first:.3f}, mean {mean:.3f}")
                 print(f"    {name}: " + " | ".join(cells))
-            if any(part["loss_ratio"] is not None for part in parts):
+            if summary["loss_ratio"] is not None:
                 ratios = " / ".join(
                     "-" if part["loss_ratio"] is None else f"{part['loss_ratio']:.3f}" for part in parts
                 )
-                print(f"    loss vs reference by thirds: {ratios}")
+                print(f"    loss vs reference: whole stream {summary['loss_ratio']:.3f}, by thirds {ratios}")
     return 0
 
 
