@@ -113,10 +113,9 @@ def set_attention(model: nn.Module, mode: str) -> None:
 
 def head_shape(config) -> tuple[int, int, int]:
     """(query heads, KV heads, head dim) of a transformers model config's attention."""
-    c = config
-    heads = int(c.num_attention_heads)
-    kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     return heads, kv_heads, head_dim
 
 
