@@ -1,14 +1,17 @@
 """Where the time of one autoregressive step goes: the target's one-token forward, profiled by operator, and the
 same step with each attention implementation: SDPA, eager, and SDPA with grouped query heads folded
-(models/attention.py) (issue 12: "our autoregressive path >= 1.3x HF generate()").
+(models/attention.py), whose mask is folded once per forward or, as before 2026-12-05, in every layer (issue 12:
+"our autoregressive path >= 1.3x HF generate()", "a verify over k + 1 <= 5 positions <= 1.1 plain steps").
 
     python benchmarks/bench_step_profile.py                       # the embedded model, --dtype auto, prefix 300
     python benchmarks/bench_step_profile.py --dtype float32 --prefix 600
 
 Our autoregressive step is one HF forward with `logits_to_keep=1` plus an argmax (decoding/autoregressive.py), so
 what this finds is what any path through the same model pays. Prints the operators' share of the self CPU time
-over `--steps` steps (attention as `--attention` sets it), and the fastest of 10 forwards over 1 / 3 / 8
-new tokens with each attention implementation, interleaved over 3 rounds. Writes profile.json to --out.
+over `--steps` steps (attention as `--attention` sets it), and the fastest of 10 forwards over 1 / 3 / 5 / 8
+new tokens (all their logits, as a verify forward computes them) with each attention implementation, interleaved
+over `--rounds` rounds, and each forward's cost in one-token steps of the same implementation. Writes profile.json
+to --out.
 """
 
 from __future__ import annotations
@@ -20,15 +23,22 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.models import DEFAULT_MODEL
-from onlinespec.models.attention import ATTENTION_MODES, ATTENTION_NAME, attention_kind
+from onlinespec.models.attention import ATTENTION_MODES, ATTENTION_NAME, attention_kind, folded_mask
 from onlinespec.models.resolve import DTYPE_CHOICES, load_model
 from onlinespec.models.weight_layout import WEIGHT_LAYOUT_MODES, weight_layout
 
-ATTENTION = {"sdpa": "sdpa", "eager": "eager", "folded": ATTENTION_NAME}  # what we call it: transformers' name
-SIZES = (1, 3, 8)
+# what we call it: (transformers' name, the mask function registered for ours)
+ATTENTION = {
+    "sdpa": ("sdpa", folded_mask),
+    "eager": ("eager", folded_mask),
+    "folded": (ATTENTION_NAME, folded_mask),
+    "folded, mask per layer": (ATTENTION_NAME, sdpa_mask),  # the attention repeats SDPA's boolean mask each layer
+}
+SIZES = (1, 3, 5, 8)
 
 
 @torch.inference_mode()
@@ -39,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefix", type=int, default=300, help="cached positions before the measured step")
     p.add_argument("--steps", type=int, default=20, help="one-token steps profiled")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timings")
     p.add_argument("--weight-layout", default="auto", choices=WEIGHT_LAYOUT_MODES)
     p.add_argument("--attention", default="auto", choices=ATTENTION_MODES)
     p.add_argument("--out", default="bench-out/step-profile")
@@ -71,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {row['share']:6.1%}  {row['op']}  ({row['calls_per_step']:.0f} calls per step)")
 
     best: dict[str, dict[int, float]] = {name: {} for name in ATTENTION}
-    for _ in range(3):
-        for name, implementation in ATTENTION.items():
+    for _ in range(args.rounds):
+        for name, (implementation, mask_function) in ATTENTION.items():
             model.set_attn_implementation(implementation)
+            AttentionMaskInterface.register(ATTENTION_NAME, mask_function)
             for n in SIZES:
                 for _ in range(10):
                     tic = time.perf_counter()
@@ -81,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
                     ms = (time.perf_counter() - tic) * 1e3
                     rollback(cache, args.prefix)
                     best[name][n] = min(best[name].get(n, float("inf")), ms)
-    model.set_attn_implementation(ATTENTION.get(attention, attention))
+    AttentionMaskInterface.register(ATTENTION_NAME, folded_mask)
+    model.set_attn_implementation(ATTENTION.get(attention, (attention,))[0])
     for name in ATTENTION:
-        print(f"{name:>6} attention: " + ", ".join(f"{n} tokens {best[name][n]:.1f} ms" for n in SIZES))
+        times = ", ".join(f"{n} tokens {best[name][n]:.1f} ms ({best[name][n] / best[name][1]:.3f})" for n in SIZES)
+        print(f"{name:>22} attention: {times}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -93,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention_used": attention,
         "top_ops": top,
         "attention_ms": best,
+        "steps_per_forward": {name: {n: best[name][n] / best[name][1] for n in SIZES} for name in ATTENTION},
     }
     (out / "profile.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {out / 'profile.json'}")

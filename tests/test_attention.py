@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import draft_of, noisy_copy, run_ar, run_spec, tiny_llama
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from onlinespec.decoding.config import GenerationConfig
 from onlinespec.decoding.engine import SpeculativeEngine
@@ -18,6 +19,7 @@ from onlinespec.decoding.kv_cache import new_cache
 from onlinespec.decoding.tree import TreeConfig
 from onlinespec.errors import UserError
 from onlinespec.models.attention import (
+    ATTENTION_NAME,
     ENV,
     FOLDED,
     SDPA,
@@ -25,6 +27,7 @@ from onlinespec.models.attention import (
     causal_mask,
     faster_attention,
     folded_gqa_attention,
+    folded_mask,
     set_attention,
     use_attention,
 )
@@ -90,6 +93,43 @@ def test_a_folded_bf16_model_gives_the_logits_sdpa_gives() -> None:
     assert torch.equal(logits[SDPA][0], logits[FOLDED][0])
     for theirs, ours in zip(logits[SDPA][1:], logits[FOLDED][1:], strict=True):
         torch.testing.assert_close(ours, theirs, atol=0.05, rtol=0.02)
+
+
+def test_the_mask_folded_once_per_forward_gives_the_same_outputs_bit_for_bit(monkeypatch) -> None:
+    """`folded_mask` hands every layer the mask already folded ([1, 1, groups * q, T], additive): the attention
+    (and a whole bf16 model's verify forward) computes exactly what folding the boolean mask in each layer did;
+    float32 and ungrouped configs get SDPA's boolean mask untouched, and a pre-folded mask that reaches the SDPA
+    fallback is unfolded again."""
+    config = SimpleNamespace(num_attention_heads=6, num_key_value_heads=2, head_dim=16)
+    sizes = {"batch_size": 1, "q_length": 3, "kv_length": 40, "q_offset": 37}
+    plain = sdpa_mask(**sizes)
+    folded = folded_mask(**sizes, config=config, dtype=torch.bfloat16)
+    assert plain.shape == (1, 1, 3, 40) and folded.shape == (1, 1, 9, 40) and folded.dtype == torch.bfloat16
+    for row in range(9):
+        assert torch.equal(folded[0, 0, row] == 0, plain[0, 0, row % 3])  # row g * q + i is row i
+        assert torch.equal(folded[0, 0, row] == float("-inf"), ~plain[0, 0, row % 3])
+    assert torch.equal(folded_mask(**sizes, config=config, dtype=torch.float32), plain)
+    ungrouped = SimpleNamespace(num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    assert torch.equal(folded_mask(**sizes, config=ungrouped, dtype=torch.bfloat16), plain)
+    assert folded_mask(**{**sizes, "q_length": 1, "q_offset": 39}, config=config, dtype=torch.bfloat16) is None
+
+    q, k, v = qkv(3, torch.bfloat16, 40)
+    assert torch.equal(folded_gqa_attention(GQA, q, k, v, folded)[0], folded_gqa_attention(GQA, q, k, v, plain)[0])
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    fallback = folded_gqa_attention(GQA, q32, k32, v32, folded.float())[0]  # float32: SDPA on group 0's rows
+    assert torch.equal(fallback, sdpa_attention_forward(GQA, q32, k32, v32, plain)[0])
+
+    model = tiny_llama(seed=3).to(torch.bfloat16)
+    set_attention(model, FOLDED)
+    ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(3))
+    logits = []
+    for mask_function in (folded_mask, sdpa_mask):  # folded once per forward, then in every layer as before
+        monkeypatch.setitem(AttentionMaskInterface._global_mapping, ATTENTION_NAME, mask_function)
+        cache = new_cache(model)
+        with torch.inference_mode():
+            model(input_ids=ids[:, :8], past_key_values=cache, use_cache=True)
+            logits.append(model(input_ids=ids[:, 8:12], past_key_values=cache, use_cache=True).logits)
+    assert torch.equal(logits[0], logits[1])
 
 
 def test_float32_models_keep_greedy_equality_and_heads_and_trees_follow_the_switch() -> None:

@@ -36,7 +36,7 @@ import torch
 
 from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.kv_cache import new_cache, rollback
-from onlinespec.models.attention import SDPA, attention_kind
+from onlinespec.models.attention import FOLDED, SDPA, attention_kind
 from onlinespec.models.machine_cache import read_measurement, write_measurement
 from onlinespec.models.weight_layout import weight_layout
 
@@ -203,6 +203,8 @@ def cached_verify_cost(target: torch.nn.Module, cache_dir: Path) -> VerifyCost:
     extra = {"sizes": MEASURED_TOKENS, "weight_layout": weight_layout(target)}
     if (attention := attention_kind(target)) != SDPA:  # the curve's forwards run another kernel
         extra["attention"] = attention  # (SDPA keeps the key measurements made before it existed had)
+    if attention == FOLDED:  # its verify forwards got cheaper when the mask came folded once per forward
+        extra["mask"] = "folded once per forward"
     saved = read_measurement(cache_dir, "verify-cost", target, extra)
     try:
         return VerifyCost(tuple(saved["relative"]), source=saved["source"], one_token_ms=saved.get("one_token_ms", 0.0))

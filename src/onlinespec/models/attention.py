@@ -26,8 +26,20 @@ attention implementation (eager, flash). `$ONLINESPEC_ATTENTION` = auto | sdpa |
 What is folded (`folded_gqa_attention`): calls with one query and no mask, and calls with a boolean or additive
 mask shared by the heads ([B, 1, q, T]); a causal call without a mask (a prefill into an empty cache, which SDPA
 runs with its causal fast path) and anything with position bias or dropout go to SDPA as before. The switch uses
-transformers' public attention registry: the model's `config._attn_implementation` names ATTENTION_NAME, whose
-mask is SDPA's; modules built from the same config (the EAGLE heads' decoder layer) follow it.
+transformers' public attention registry: the model's `config._attn_implementation` names ATTENTION_NAME; modules
+built from the same config (the EAGLE heads' decoder layer) follow it.
+
+The mask is folded once per forward, not once per layer (`folded_mask`, registered as ATTENTION_NAME's mask
+function): transformers builds a chain verify's causal mask once and hands the same [B, 1, q, T] boolean to every
+layer, and repeating it to the folded rows and turning it into the additive form SDPA's CPU kernel works in cost
+30 layers x (repeat + where), about 0.5 ms of a 5-token SmolLM2 verify forward. `folded_mask` returns the mask
+already folded, [B, 1, groups * q, T] and additive in the model's dtype (0 where attended, -inf elsewhere: the
+values PyTorch makes of a boolean mask itself, so the outputs are bit-identical), and the attention takes a mask
+with groups * q rows as folded. A mask handed to the model whole (a tree's, [B, 1, q, T]) is folded per call as
+before. Measured (SmolLM2-135M bf16, 2 threads, the avx512_bf16 EPYC, both ways interleaved in one process:
+`python benchmarks/bench_step_profile.py --prefix 600 --rounds 5`): forwards over 3 / 5 / 8 tokens after 600
+cached positions 18.0 / 18.9 / 20.9 ms folded once against 18.6 / 19.4 / 21.7 folded per layer (0.4-1.3 ms less
+after 100 and 1000 positions too; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -74,6 +86,7 @@ def folded_gqa_attention(
     batch, heads, queries, dim = query.shape
     groups = heads // key.shape[1]
     shared_mask = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+    prefolded = shared_mask and groups > 1 and attention_mask.shape[2] == groups * queries  # from `folded_mask`
     if (
         groups == 1
         or not query.is_cpu  # measured on the CPU only (a model moved to a GPU after loading keeps SDPA's kernel)
@@ -83,17 +96,37 @@ def folded_gqa_attention(
         or (attention_mask is None and queries > 1)  # causal without a mask: SDPA's causal path
         or (attention_mask is not None and not shared_mask)
     ):
+        if prefolded:
+            attention_mask = attention_mask[:, :, :queries]  # group 0's rows: the mask as transformers made it
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     folded = query.reshape(batch, key.shape[1], groups * queries, dim)
-    mask = None if attention_mask is None else attention_mask.repeat(1, 1, groups, 1)  # [B, 1, groups * q, T]
+    mask = attention_mask  # None, or folded already by `folded_mask`: [B, 1, groups * q, T]
+    if attention_mask is not None and not prefolded:
+        mask = attention_mask.repeat(1, 1, groups, 1)  # a mask handed in whole (a tree's): fold its rows here
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(query.dtype)  # an additive mask in the query's dtype, as SDPA requires
     out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, queries, dim).transpose(1, 2).contiguous(), None
 
 
+def folded_mask(*args, config=None, dtype: torch.dtype | None = None, **kwargs) -> torch.Tensor | None:
+    """transformers' SDPA mask (`sdpa_mask`, same arguments), folded for `folded_gqa_attention` once per forward:
+    a [B, 1, q, T] boolean becomes [B, 1, groups * q, T] additive in `dtype` (row g * q + i = row i; 0 where
+    attended, -inf elsewhere). Left as SDPA's where the attention would not fold it: no mask (one query, or a
+    prefill's causal fast path), no grouped heads, float32, off the CPU."""
+    mask = sdpa_mask(*args, config=config, dtype=dtype, **kwargs)
+    if mask is None or config is None or dtype in (None, torch.float32) or not mask.is_cpu:
+        return mask
+    heads, kv_heads, _ = head_shape(config)
+    groups = heads // kv_heads
+    if groups == 1 or mask.dim() != 4 or mask.shape[1] != 1 or mask.dtype != torch.bool:
+        return mask
+    allowed = mask.repeat(1, 1, groups, 1)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(allowed.logical_not(), float("-inf"))
+
+
 AttentionInterface.register(ATTENTION_NAME, folded_gqa_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+AttentionMaskInterface.register(ATTENTION_NAME, folded_mask)
 
 
 def attention_kind(model: nn.Module) -> str:
