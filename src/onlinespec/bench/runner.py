@@ -322,7 +322,7 @@ class BenchRunner:
         bar = tqdm(
             total=len(prompts),
             initial=progress["done"],
-            desc=f"bench {s.preset}",
+            desc=f"bench {s.preset}: {Path(s.stream).name}",  # the stream too: flags may override the preset's
             unit="prompt",
             file=sys.stderr,
             disable=not self.show_progress,
