@@ -162,3 +162,46 @@ def test_auto_offers_packed_where_it_runs_and_the_rule_takes_the_fastest(tmp_pat
     assert chosen in available_layouts(model) and weight_layout(model) == chosen
     (saved,) = (tmp_path / "weight-layout").glob("*.json")
     assert set(json.loads(saved.read_text())["ms"]) == set(available_layouts(model))
+
+
+def test_siblings_share_one_product_in_any_order_and_repack_after_a_change() -> None:
+    """q, k, v (and gate, up) of a packed model form one group: each sibling's output is exactly its own F.linear,
+    whether called in the model's order, alone, twice or out of order, with or without biases (Qwen2's q/k/v have
+    them); a weight changed in place is stacked and packed again; the group keeps nothing after the last sibling."""
+    if not packs_here():
+        return
+    model = bf16_tiny()
+    set_weight_layout(model, PACKED)
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    group = attention.q_proj.group
+    assert group is not None and [m.group for m in (attention.k_proj, attention.v_proj)] == [group, group]
+    assert mlp.gate_proj.group is mlp.up_proj.group is not None and mlp.down_proj.group is None
+    assert model.lm_head.group is None and weight_layout(model) == PACKED
+
+    layer = torch.nn.Module()
+    for name in ("q_proj", "k_proj", "v_proj"):
+        setattr(layer, name, torch.nn.Linear(32, 48 if name == "q_proj" else 16, bias=True).to(torch.bfloat16))
+    expected = {}
+    x = torch.randn(1, 3, 32, dtype=torch.bfloat16)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        module = getattr(layer, name)
+        expected[name] = torch.nn.functional.linear(x, module.weight, module.bias)
+    set_weight_layout(layer, PACKED)
+    biased = layer.q_proj.group
+    assert biased is not None and biased.bias is None  # packed at its first product
+    with torch.inference_mode():
+        for order in (("q_proj", "k_proj", "v_proj"), ("v_proj", "k_proj", "q_proj"), ("k_proj", "k_proj")):
+            for name in order:
+                assert torch.equal(getattr(layer, name)(x), expected[name]), (order, name)
+        assert torch.equal(layer.q_proj(x), expected["q_proj"]) and biased.last is not None
+        other = torch.randn(1, 3, 32, dtype=torch.bfloat16)  # another input: computed for itself, not q's
+        k = layer.k_proj
+        assert torch.equal(k(other), torch.nn.functional.linear(other, k.weight, k.bias))
+        layer.v_proj(other)
+        assert biased.last is None  # the last sibling took its slice: nothing held between calls
+    with torch.no_grad():
+        layer.k_proj.weight.mul_(2.0)  # published in place, as an online update is
+        changed = torch.nn.functional.linear(x, layer.k_proj.weight, layer.k_proj.bias)
+        old_pack = biased.packed
+        assert torch.equal(layer.q_proj(x), expected["q_proj"]) and torch.equal(layer.k_proj(x), changed)
+        assert biased.packed is not old_pack

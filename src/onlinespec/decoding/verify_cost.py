@@ -38,7 +38,7 @@ from onlinespec.decoding.draft import Proposal
 from onlinespec.decoding.kv_cache import new_cache, rollback
 from onlinespec.models.attention import FOLDED, SDPA, attention_kind
 from onlinespec.models.machine_cache import read_measurement, write_measurement
-from onlinespec.models.weight_layout import weight_layout
+from onlinespec.models.weight_layout import PACKED, weight_layout
 
 MEASURED_TOKENS = 9  # forwards over 1..9 tokens are timed: drafts of up to k = 8 tokens
 PREFIX_TOKENS = 128  # the measured forwards extend a cache of this many positions (a typical prompt's order)
@@ -201,6 +201,8 @@ def cached_verify_cost(target: torch.nn.Module, cache_dir: Path) -> VerifyCost:
     read from `cache_dir` when measured before, else measured now (seconds for the embedded model; under a minute
     for a 1.5B target) and saved."""
     extra = {"sizes": MEASURED_TOKENS, "weight_layout": weight_layout(target)}
+    if extra["weight_layout"] == PACKED:  # its forwards got cheaper when packed siblings shared one product
+        extra["packed"] = "siblings grouped"
     if (attention := attention_kind(target)) != SDPA:  # the curve's forwards run another kernel
         extra["attention"] = attention  # (SDPA keeps the key measurements made before it existed had)
     if attention == FOLDED:  # its verify forwards got cheaper when the mask came folded once per forward

@@ -131,6 +131,8 @@ def use_weight_layout(model: nn.Module, mode: str, cache_dir=None) -> str:
         set_weight_layout(model, STANDARD)  # the measurement's key describes the model as loaded
         # the candidates are part of the key: a measurement made before a layout existed is made again
         key = {"layouts": list(available_layouts(model))}
+        if PACKED in key["layouts"]:  # and one made before packed siblings shared one product (2026-12-05)
+            key["packed"] = "siblings grouped"
         saved = read_measurement(cache_dir, "weight-layout", model, key) if cache_dir is not None else None
         if saved is None:
             times = measure_weight_layouts(model, progress=True)
