@@ -5,9 +5,10 @@ A Llama-style decoder layer multiplies the same input by three weights in a row 
 [576, 576], [192, 576], [192, 576] in SmolLM2-135M) and, in its MLP, by two (gate_proj, up_proj). Each call to the
 packed kernel has a fixed cost (about 10-15 us on the project's 2-core EPYC, where the [192, 576] product itself
 reads 0.2 MB), so one product over the stacked weights ([960, 576] and [3072, 576]) and a split of its output do
-the same arithmetic in 2 calls instead of 5. Measured on the avx512_bf16 EPYC, SmolLM2-135M bf16, 2 threads (`python
-benchmarks/bench_packed_linear.py --siblings`, docs/benchmarks.md): a one-token step about 8 % faster, a verify
-forward over 3-5 tokens by the same milliseconds, logits bit-identical.
+the same arithmetic in 2 calls instead of 5. Measured on the avx512_bf16 EPYC, SmolLM2-135M bf16, 2 threads, both
+ways interleaved (`python benchmarks/bench_siblings.py`, docs/benchmarks.md): a one-token step 7-8 % faster and
+forwards over 3-8 tokens 4-8 %, logits bit-identical; Qwen2.5-Coder-1.5B unchanged (its step is its weights'
+memory time).
 
 The rule (`SiblingGroup.output`): the first sibling called with an input tensor computes the whole stacked
 product for it and keeps the outputs; a sibling later called with that very tensor object takes its own slice; the
@@ -18,6 +19,9 @@ does that (transformers' attention and MLP pass the normed hidden states untouch
 there is no version counter to check it by. The stacked weight is packed again whenever any sibling's weight or
 bias changed (identity, memory or version, as a single packed weight), e.g. a draft head's online update published
 in place. The stacked pack replaces the siblings' own packs: the memory is one packed copy of the weights, as before.
+Two threads running the same layers at once (a draft and its training copy sharing frozen weights) stay correct:
+a sibling takes a slice only of the outputs computed for its own input object, so at worst one of them computes
+the product again.
 """
 
 from __future__ import annotations
