@@ -3,9 +3,9 @@ up projections (part of the "packed" weight layout, models/packed_linear.py).
 
 A Llama-style decoder layer multiplies the same input by three weights in a row (q_proj, k_proj, v_proj of
 [576, 576], [192, 576], [192, 576] in SmolLM2-135M) and, in its MLP, by two (gate_proj, up_proj). Each call to the
-packed kernel has a fixed cost (about 10-15 us on the project's 2-core EPYC, where the [192, 576] product itself
-reads 0.2 MB), so one product over the stacked weights ([960, 576] and [3072, 576]) and a split of its output do
-the same arithmetic in 2 calls instead of 5. Measured on the avx512_bf16 EPYC, SmolLM2-135M bf16, 2 threads, both
+packed kernel (and to the module around it) has a fixed cost, a large part of a product this small (the [192, 576]
+weight is 0.2 MB), so one product over the stacked weights ([960, 576] and [3072, 576]) and a split of its output
+do the same arithmetic in 2 calls instead of 5. Measured on the avx512_bf16 EPYC, SmolLM2-135M bf16, 2 threads, both
 ways interleaved (`python benchmarks/bench_siblings.py`, docs/benchmarks.md): a one-token step 7-8 % faster and
 forwards over 3-8 tokens 4-8 %, logits bit-identical; Qwen2.5-Coder-1.5B unchanged (its step is its weights'
 memory time).
