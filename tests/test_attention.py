@@ -122,14 +122,26 @@ def test_the_mask_folded_once_per_forward_gives_the_same_outputs_bit_for_bit(mon
     model = tiny_llama(seed=3).to(torch.bfloat16)
     set_attention(model, FOLDED)
     ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(3))
+    made = []  # the masks the model's forward asked the registry for: the folded path must really be taken
+
+    def recorded(mask_function):
+        def make(*args, **kwargs):
+            mask = mask_function(*args, **kwargs)
+            made.append(None if mask is None else (tuple(mask.shape), mask.dtype))
+            return mask
+
+        return make
+
     logits = []
     for mask_function in (folded_mask, sdpa_mask):  # folded once per forward, then in every layer as before
-        monkeypatch.setitem(AttentionMaskInterface._global_mapping, ATTENTION_NAME, mask_function)
+        monkeypatch.setitem(AttentionMaskInterface._global_mapping, ATTENTION_NAME, recorded(mask_function))
         cache = new_cache(model)
         with torch.inference_mode():
             model(input_ids=ids[:, :8], past_key_values=cache, use_cache=True)
             logits.append(model(input_ids=ids[:, 8:12], past_key_values=cache, use_cache=True).logits)
     assert torch.equal(logits[0], logits[1])
+    groups = model.config.num_attention_heads // model.config.num_key_value_heads
+    assert ((1, 1, groups * 4, 12), torch.bfloat16) in made and ((1, 1, 4, 12), torch.bool) in made
 
 
 def test_float32_models_keep_greedy_equality_and_heads_and_trees_follow_the_switch() -> None:
