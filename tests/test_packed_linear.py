@@ -177,6 +177,10 @@ def test_siblings_share_one_product_in_any_order_and_repack_after_a_change() -> 
     assert group is not None and [m.group for m in (attention.k_proj, attention.v_proj)] == [group, group]
     assert mlp.gate_proj.group is mlp.up_proj.group is not None and mlp.down_proj.group is None
     assert model.lm_head.group is None and weight_layout(model) == PACKED
+    assert group.packed is None  # stacked and packed at its first product: the model's forward runs through it
+    with torch.inference_mode():
+        model(torch.randint(0, 96, (1, 5), generator=torch.Generator().manual_seed(4)))
+    assert group.packed is not None and mlp.gate_proj.group.packed is not None and group.last is None
 
     layer = torch.nn.Module()
     for name in ("q_proj", "k_proj", "v_proj"):
