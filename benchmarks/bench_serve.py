@@ -2,10 +2,12 @@
 
     python benchmarks/bench_serve.py                              # embedded SmolLM2-135M, ogd vs static, ~13 min
     python benchmarks/bench_serve.py --requests 6 --max-tokens 8 --concurrency 1,2 --target DIR --endpoint completions
+    python benchmarks/bench_serve.py --stream math --learners count,static --requests 86 --concurrency 1 --max-tokens 40
 
 For each learner (default `ogd`, then `static` for comparison) a fresh server process is started; then, for each
-concurrency level in turn, `--requests` streaming requests from the shifted prompt stream (HumanEval -> Spider ->
-finance, continuing across levels so the draft keeps learning) are sent by that many concurrent clients. Batch 1
+concurrency level in turn, `--requests` streaming requests from `--stream` (default the shifted stream HumanEval ->
+Spider -> finance; any `onlinespec bench` stream name, e.g. `math`; continuing across levels so the draft keeps
+learning) are sent by that many concurrent clients. Batch 1
 on the server: concurrency adds queueing, not parallel decoding. Per level: throughput (completion tokens / wall
 time of the level), p50/p95 latency and time to first token (client-side), mean tau and alpha (from each
 response's `speculative` field). Tau over time: the mean tau of each block of `--block` requests, in completion
@@ -31,14 +33,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from onlinespec.bench.prompts import shifted_stream
+from onlinespec.bench.prompts import load_stream, parse_stream_name
+from onlinespec.errors import UserError
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="smollm2-135m")
     p.add_argument("--draft", default="auto")
-    p.add_argument("--k", type=int, default=2, help="drafted tokens per step (2 was the fastest, README)")
+    p.add_argument("--k", type=int, default=None, help="drafted tokens per step (default: the server's own)")
+    p.add_argument("--stream", default="shifted:humaneval,spider,finance", help="an `onlinespec bench` stream name")
     p.add_argument("--learners", default="ogd,static", help="one server run per learner, in this order")
     p.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
     p.add_argument("--max-tokens", type=int, default=32)
@@ -61,7 +65,8 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, learner: str, log: Path, max_queue: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "onlinespec", "serve", "--target", args.target, "--draft", args.draft]
-    cmd += ["--k", str(args.k), "--learner", learner, "--round-size", str(args.round_size), "--port", str(port)]
+    cmd += [] if args.k is None else ["--k", str(args.k)]
+    cmd += ["--learner", learner, "--round-size", str(args.round_size), "--port", str(port)]
     cmd += ["--max-queue", str(max_queue), *args.server_arg]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -254,8 +259,14 @@ def main() -> int:
     if args.requests < 1 or args.max_tokens < 1 or min(levels) < 1:
         raise SystemExit("--requests, --max-tokens and every --concurrency level must be >= 1")
     total = args.requests * len(levels)
-    stream = shifted_stream(("humaneval", "spider", "finance"), math.ceil(total / 3))  # online slices
-    prompts = [prompt.text for prompt in stream.online][:total]
+    try:  # online slices; a shifted stream takes the same number from each domain, in order
+        base, domains = parse_stream_name(args.stream)
+        count = math.ceil(total / len(domains)) * len(domains) if base == "shifted" else total
+        prompts = [prompt.text for prompt in load_stream(args.stream, count).online][:total]
+    except UserError as exc:
+        raise SystemExit(f"bench_serve: {exc}") from None
+    if len(prompts) < total:
+        raise SystemExit(f"stream '{args.stream}' has {len(prompts)} online prompts, fewer than the {total} asked for")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(learners)} servers x {len(levels)} levels x {args.requests} requests of {args.max_tokens} tokens")
