@@ -177,10 +177,12 @@ def test_siblings_share_one_product_in_any_order_and_repack_after_a_change() -> 
     assert group is not None and [m.group for m in (attention.k_proj, attention.v_proj)] == [group, group]
     assert mlp.gate_proj.group is mlp.up_proj.group is not None and mlp.down_proj.group is None
     assert model.lm_head.group is None and weight_layout(model) == PACKED
-    assert group.packed is None  # stacked and packed at its first product: the model's forward runs through it
+    packed = group.packed
+    assert packed is not None and mlp.gate_proj.group.packed is not None  # packed with the layout, not at first use
+    group.packed, group.packed_for = None, ()  # the forward runs through its groups: taken away, the pack returns
     with torch.inference_mode():
         model(torch.randint(0, 96, (1, 5), generator=torch.Generator().manual_seed(4)))
-    assert group.packed is not None and mlp.gate_proj.group.packed is not None and group.last is None
+    assert group.packed is not None and group.last is None
 
     layer = torch.nn.Module()
     for name in ("q_proj", "k_proj", "v_proj"):
@@ -192,7 +194,7 @@ def test_siblings_share_one_product_in_any_order_and_repack_after_a_change() -> 
         expected[name] = torch.nn.functional.linear(x, module.weight, module.bias)
     set_weight_layout(layer, PACKED)
     biased = layer.q_proj.group
-    assert biased is not None and biased.bias is None  # packed at its first product
+    assert biased is not None and biased.bias is not None and biased.bias.shape == (80,)  # biases stacked too
     with torch.inference_mode():
         for order in (("q_proj", "k_proj", "v_proj"), ("v_proj", "k_proj", "q_proj"), ("k_proj", "k_proj")):
             for name in order:

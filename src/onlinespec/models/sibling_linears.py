@@ -74,14 +74,19 @@ class SiblingGroup:
             self.last = None  # the last sibling has taken its slice: hold nothing between layers' calls
         return last[1][index]
 
-    def _product(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def pack(self) -> None:
+        """Stack the siblings' weights (and biases) and pack them for oneDNN, unless packed for them already."""
         fingerprints = self._fingerprints()
-        if self.packed_for != fingerprints:  # never packed, or a sibling's weight changed since: stack and pack
-            stacked = torch.cat([m.weight.detach() for m in self.members])
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(stacked, 1)
-            biases = [m.bias for m in self.members]
-            self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
-            self.packed_for = fingerprints
+        if self.packed_for == fingerprints:
+            return
+        stacked = torch.cat([m.weight.detach() for m in self.members])
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(stacked, 1)
+        biases = [m.bias for m in self.members]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        self.packed_for = fingerprints
+
+    def _product(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.pack()  # a no-op unless a sibling's weight changed since it was packed
         out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return out.split(self.sizes, dim=-1)
 
