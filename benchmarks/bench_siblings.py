@@ -29,6 +29,16 @@ SIZES = (1, 3, 5, 8)
 WAYS = ("siblings grouped", "one by one")
 
 
+def ungroup_siblings(model: torch.nn.Module) -> None:
+    """Run every grouped sibling of a packed `model` through a pack of its own weight, as before sibling groups
+    existed (`pack_linears(model)` groups them again). For before/after comparisons (bench_vs_hf.py `@siblings=off`)."""
+    for module in model.modules():
+        if isinstance(module, PackedLinear) and module.group is not None:
+            module.group = None
+            module.packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 1)
+            module.packed_for = fingerprint(module.weight)
+
+
 def switch(members: dict[PackedLinear, tuple], grouped: bool) -> None:
     """Set every sibling to run through its group (`grouped`) or through a pack of its own, both made once."""
     for module, (group, own_pack) in members.items():

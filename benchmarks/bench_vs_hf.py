@@ -17,7 +17,9 @@ Methods, interleaved per prompt in one process (greedy, the same target weights 
   verify cost pays, decoding/verify_cost.py); `DRAFT@K@layout=standard|transposed` runs that entry with the target's
   weights in that layout (default: `--weight-layout`, models/weight_layout.py); `DRAFT@K@attn=sdpa|folded` runs
   that entry's attention that way (default: what `--attention` chose, models/attention.py;
-  HF's methods always run SDPA, as users load the model). Options combine:
+  HF's methods always run SDPA, as users load the model); `DRAFT@K@mask=per-layer` folds the attention mask in
+  every layer and `DRAFT@K@siblings=off` packs q/k/v and gate/up one by one, as before 2026-12-05 (the before/after
+  of those two changes in one interleaved run; the verify-cost curve stays the one measured now). Options combine:
   `hybrid@2@gate=0@cost=off`. The entry `ar` (options allowed: `ar@layout=standard@attn=sdpa`) is one more
   autoregressive run.
 Prompts: the first `--prompts` online items of each `--streams` source (chat-wrapped, as `onlinespec bench`).
@@ -40,16 +42,19 @@ from pathlib import Path
 import torch
 import transformers
 from bench_engine import first_diff, run_hf  # benchmarks/ is on sys.path when a script here runs
+from bench_siblings import ungroup_siblings
 from tqdm import tqdm
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from onlinespec import GenerationConfig, Pipeline
 from onlinespec.bench.prompts import source_stream
 from onlinespec.decoding.tree import TreeConfig
 from onlinespec.drafts import make_draft
 from onlinespec.models import DEFAULT_MODEL, cache_root
-from onlinespec.models.attention import ATTENTION_MODES, SDPA, set_attention, use_attention
+from onlinespec.models.attention import ATTENTION_MODES, ATTENTION_NAME, SDPA, folded_mask, set_attention, use_attention
+from onlinespec.models.packed_linear import pack_linears
 from onlinespec.models.resolve import LoadedModel, load_model
-from onlinespec.models.weight_layout import STANDARD, WEIGHT_LAYOUT_MODES, set_weight_layout, use_weight_layout
+from onlinespec.models.weight_layout import PACKED, STANDARD, WEIGHT_LAYOUT_MODES, set_weight_layout, use_weight_layout
 from onlinespec.prompting import encode_prompt
 
 
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     # HF's methods run the weights as users load them; ours as the CLI does, or as an entry's layout= says
     layouts = {"hf_plain": STANDARD, "hf_lookup": STANDARD, "ours_ar": ours_layout}
     attentions = {"hf_plain": SDPA, "hf_lookup": SDPA, "ours_ar": ours_attention}  # None: left as loaded
+    before = {}  # entry -> (mask folded in every layer, siblings packed one by one): the code before 2026-12-05
     others: dict[str, LoadedModel] = {}  # the same target in another dtype, for entries with dtype=, loaded once
 
     def target_in(dtype: str | None) -> LoadedModel:
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         # an entry in another dtype keeps the layout its own load chose (None: run() leaves it alone)
         layouts[f"ours:{entry}"] = settings.get("layout", ours_layout) if loaded is target else None
         attentions[f"ours:{entry}"] = settings.get("attn", ours_attention) if loaded is target else None
+        before[f"ours:{entry}"] = (settings.get("mask") == "per-layer", settings.get("siblings") == "off")
         if loaded is target:
             set_weight_layout(target.model, layouts[f"ours:{entry}"])  # the verify cost is measured in it
             set_attention(target.model, attentions[f"ours:{entry}"])
@@ -224,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         if layouts[method] is not None:
             set_weight_layout(target.model, layouts[method])  # a copy when it changes, before the clock starts
             set_attention(target.model, attentions[method])
+            mask_per_layer, siblings_off = before.get(method, (False, False))
+            AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask if mask_per_layer else folded_mask)
+            if layouts[method] == PACKED and siblings_off:
+                ungroup_siblings(target.model)
+            elif layouts[method] == PACKED:
+                pack_linears(target.model)  # groups siblings an earlier entry ran one by one (else a no-op)
         if method in ("hf_plain", "hf_lookup"):
             lookup = {"prompt_lookup_num_tokens": args.hf_lookup} if method == "hf_lookup" else {}
             tokens, seconds = run_hf(ar, ids, n_new, None, **lookup)
