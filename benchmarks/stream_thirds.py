@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in sorted({n for part in parts for n in part["sources"]}):
                 cells = []
                 for part in parts:
-                    steps, first, mean = part["sources"].get(name, (0, 0.0, 0.0))
-                    cells.append(f"{steps} steps, first right {first:.3f}, mean {mean:.3f}")
+                    steps, first, matched = part["sources"].get(name, (0, 0.0, 0.0))
+                    cells.append(f"{steps} steps, first right {first:.3f}, mean {matched:.3f}")
                 print(f"    {name}: " + " | ".join(cells))
             if summary["loss_ratio"] is not None:
                 ratios = " / ".join(
