@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_llama
 
 from onlinespec.bench.divergence import divergence_margins
-from onlinespec.bench.results import first_divergence, ideal_speedup, summarise
+from onlinespec.bench.results import first_divergence, ideal_speedup, render_report, summarise
 
 K = 3
 
@@ -176,3 +176,60 @@ def test_at_most_five_divergences_are_listed_but_all_are_counted() -> None:
     static = results["methods"]["static"]
     assert static["greedy_mismatches"] == n == results["greedy_mismatches"]
     assert static["first_divergences"] == [{"prompt": i, "token": 1} for i in range(5)]
+
+
+def test_per_domain_figures_match_a_hand_computation() -> None:
+    """A shifted stream: each method's rounds grouped by domain label (a round spanning two domains is its own
+    group "a+b"), with tau, tokens/s over decode plus update seconds, and the speedup against ar's rounds of the
+    same label; the report prints one column per label, in stream order."""
+
+    def rec(method: str, domain: str, tokens: int, forwards: int, decode_s: float, update_s: float = 0.0) -> dict:
+        return {**record(method, tokens, forwards, 0, 0, decode_s=decode_s, update_s=update_s), "domain": domain}
+
+    rounds = [
+        rec("ar", "math", 20, 20, 2.0),
+        rec("ar", "math+code", 20, 20, 4.0),
+        rec("ar", "code", 20, 20, 2.0),
+        rec("ar", "code", 20, 20, 2.0),
+        rec("count", "math", 20, 10, 1.0, update_s=0.25),
+        rec("count", "math+code", 20, 8, 2.0),
+        rec("count", "code", 20, 5, 1.0),
+        rec("count", "code", 30, 10, 1.0, update_s=1.0),
+    ]
+    ref = [[1, 2]]
+    methods = summarise({}, rounds, {"ar": ref, "count": ref}, K)["methods"]
+    assert list(methods["count"]["domains"]) == ["math", "math+code", "code"]
+    math, both, code = (methods["count"]["domains"][label] for label in ("math", "math+code", "code"))
+    assert (math["tau"], math["tokens_per_s_incl_update"], math["speedup"]) == pytest.approx((2.0, 16.0, 1.6))
+    assert (both["tau"], both["speedup"]) == pytest.approx((2.5, 10.0 / 5.0))
+    assert (code["new_tokens"], code["tau"]) == (50, pytest.approx(50 / 15))
+    assert code["speedup"] == pytest.approx((50 / 3.0) / (40 / 4.0))
+    results = {
+        "config": {
+            "stream": "shifted:math,code",
+            "prompts": 8,
+            "wall_s": 60.0,
+            "environment": {"onlinespec": "0", "torch": "0", "transformers": "0", "cpus": 2, "torch_threads": 2},
+            "settings": {
+                "draft": "auto",
+                "preset": "quick",
+                "target": "t",
+                "dtype": "float32",
+                "k": K,
+                "max_new_tokens": 8,
+                "round_size": 2,
+                "seed": 0,
+                "online": {"learner_cfg": {"lr": None}, "schedule": "sync"},
+            },
+        },
+        "methods": methods,
+    }
+    lines = render_report(results).splitlines()
+    assert "| method | math | math+code | code |" in lines
+    assert "| count | 2.00 / 1.60x | 2.50 / 2.00x | 3.33 / 1.67x |" in lines
+
+
+def test_a_stream_of_one_domain_has_no_per_domain_table() -> None:
+    from test_bench_report import config  # (it imports this module: imported here, not at the top)
+
+    assert "per domain" not in render_report(summarise(config(), ROUNDS, outputs(), K))

@@ -76,6 +76,26 @@ def sum_sources(rounds: list[dict]) -> dict[str, dict[str, float]]:
     return total
 
 
+def by_domain(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """A method's rounds grouped by their domain label (rounds.jsonl "domain": one domain, or "a+b" for a round
+    whose prompts span two), in stream order: per label its new tokens, tau and tokens/s with the update time
+    the sync schedule put on the clock (tokens / (decode + update seconds))."""
+    groups: dict[str, list[dict]] = {}
+    for record in rounds:
+        groups.setdefault(record.get("domain", "all"), []).append(record)
+    out = {}
+    for label, own in groups.items():
+        tokens = sum(r["new_tokens"] for r in own)
+        seconds = sum(r["decode_s"] + r["update_s"] for r in own)
+        forwards = sum(r["target_forwards"] for r in own)
+        out[label] = {
+            "new_tokens": tokens,
+            "tau": _ratio(tokens, forwards),
+            "tokens_per_s_incl_update": _ratio(tokens, seconds),
+        }
+    return out
+
+
 def summarise(
     config: dict, rounds: list[dict], outputs: dict[str, list[list[int]]], k: int, margins: dict | None = None
 ) -> dict:
@@ -114,6 +134,7 @@ def summarise(
             "tau_last_third": RequestStats.total(round_stats(r) for r in third).tau,
             "greedy_mismatches": len(divergences),
             "first_divergences": divergences[:MAX_DIVERGENCES],
+            "domains": by_domain(own),
             **({"sources": sources} if (sources := sum_sources(own)) else {}),
         }
     ref = methods[REFERENCE]
@@ -131,6 +152,10 @@ def summarise(
             m["update_per_step"] = _ratio(_ratio(m["update_s"], m["target_forwards"]), ar_step_s)
             m["ideal_speedup"] = ideal_speedup(m["alpha"], k, m["cost_ratio"], m["update_per_step"])
         m["efficiency"] = _ratio(m["speedup"], m["ideal_speedup"])
+        for label, d in m["domains"].items():  # against ar's rounds of the same domain label
+            d["speedup"] = _ratio(
+                d["tokens_per_s_incl_update"], ref["domains"].get(label, {}).get("tokens_per_s_incl_update", 0.0)
+            )
     return {
         "config": config,
         "methods": methods,
@@ -184,6 +209,24 @@ def render_report(results: dict) -> str:
     for method, m in results["methods"].items():
         if method != REFERENCE:
             lines.append(f"- {method}: {' '.join(f'{t:.2f}' for t in m['tau_per_round'])}")
+    labels = list(results["methods"][REFERENCE].get("domains", {}))
+    if len(labels) > 1:  # a shifted stream: where the speed came from
+        lines += [
+            "",
+            "per domain (rounds grouped by the domains of their prompts): tau / speedup against ar's rounds of the "
+            "same domain",
+            "",
+            "| method | " + " | ".join(labels) + " |",
+            "|---|" + "---:|" * len(labels),
+        ]
+        for method, m in results["methods"].items():
+            if method != REFERENCE:
+                cells = [m["domains"].get(label) for label in labels]
+                lines.append(
+                    f"| {method} | "
+                    + " | ".join("-" if d is None else f"{d['tau']:.2f} / {d['speedup']:.2f}x" for d in cells)
+                    + " |"
+                )
     sourced = {method: m["sources"] for method, m in results["methods"].items() if m.get("sources")}
     if sourced:
         lines += [
