@@ -219,6 +219,31 @@ def test_the_target_judge_reads_yes_against_no_for_each_pair_as_one_forward_woul
         assert verdict == bool(logits[judge.yes].max() > logits[judge.no].max())
 
 
+def test_the_target_judge_shares_the_questions_prefix_and_gives_a_whole_prefill_s_margins(target, tok):
+    """A round's questions and the next round's share the instruction, problem and steps so far: the judge feeds
+    only what differs, and each margin equals the one a prefill of the whole question gives (fp32 tiny model),
+    also after the context outgrew `max_context_chars` (the cut moves the prefix: fed again, still equal)."""
+    judge = TargetJudge(target, tok, max_context_chars=60)
+    calls = [
+        ("Problem: 2 + 3?\n\n", [("x = 1", "x = 1"), ("we add", "we subtract 3")]),
+        ("Problem: 2 + 3?\n\nx = 1\n\n", [("we add", "we add 2 and 3")]),
+        ("Problem: 2 + 3?\n\nx = 1\n\nwe add 2 and 3\n\n", [("5", "so 5"), ("5", "5")]),
+        ("Problem: 2 + 3?\n\nx = 1\n\nwe add 2 and 3\n\nso 5\n\nthen we check it twice over\n\n", [("ok", "ok")]),
+    ]
+    whole, new, before = 0, 0, []
+    for context, pairs in calls:
+        margins = judge.margins(context, pairs)
+        for (d, t), margin in zip(pairs, margins, strict=True):
+            ids = judge.question(context, d, t)
+            shared = next((i for i, (a, b) in enumerate(zip(before, ids, strict=False)) if a != b), len(before))
+            whole, new, before = whole + len(ids), new + len(ids) - min(shared, len(ids) - 1), ids
+            logits = target(input_ids=torch.tensor([ids])).logits[0, -1]
+            assert margin == pytest.approx(float(logits[judge.yes].max() - logits[judge.no].max()), abs=1e-4)
+    assert len(calls[-1][0]) > 60  # the last context was cut
+    assert judge.fed_tokens == new < 0.7 * whole  # only what each question does not share with the one before
+    assert judge.verdicts(*calls[0]) == [m > 0 for m in judge.margins(*calls[0])]
+
+
 def test_the_numbers_then_target_judge_asks_the_target_only_where_the_numbers_agree(target, tok):
     class Counting(TargetJudge):
         asked: list[tuple[str, str]] = []

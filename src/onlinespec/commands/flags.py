@@ -324,7 +324,7 @@ def add_reasoning_flags(parser: argparse.ArgumentParser) -> None:
         "--weight-layout",
         choices=WEIGHT_LAYOUT_MODES,
         default="auto",
-        help="the target's linear weights' layout, as for generate (default: %(default)s)",
+        help="the target's and the draft's linear weights' layout, as for generate (default: %(default)s)",
     )
     add_attention_flag(parser)
     parser.add_argument(

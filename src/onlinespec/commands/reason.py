@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     s.check()
     quiet_transformers()
     target = load_model(s.target, s.dtype, s.weight_layout, s.attention)
-    draft = load_model(s.draft, s.dtype, attention=s.attention)
+    draft = load_model(s.draft, s.dtype, s.weight_layout, s.attention)
     draft_model, learner = draft.model, None
     if learn != "none":
         learner = StepPreferenceLearner(draft.model, draft.tokenizer, s.learner_config(learn))

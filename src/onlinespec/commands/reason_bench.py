@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is a file: give a folder")
     quiet_transformers()
     target = load_model(settings.target, settings.dtype, settings.weight_layout, settings.attention)
-    draft = load_model(settings.draft, settings.dtype, attention=settings.attention)
+    draft = load_model(settings.draft, settings.dtype, settings.weight_layout, settings.attention)
     summary = run_reason_bench(settings, out, (target.model, target.tokenizer), (draft.model, draft.tokenizer))
     from onlinespec.reasoning.stream_bench import report
 

@@ -6,8 +6,10 @@ One small interface (`Judge.verdicts`), four judges:
   `min_overlap` of the content words and operators shared (Jaccard over their sets). Arithmetic steps agree
   when their numbers do; the word test keeps "2 + 3 = 5" from matching "2 - 3 = 5" by numbers alone.
 - `target`: the paper's way: the target is asked whether the two steps are aligned and the verdict is the
-  next-token read of " yes" against " no" (one batched forward over the pairs; its time counts in every speed
-  figure, as the judges' time does, because the caller clocks `verdicts`).
+  next-token read of " yes" against " no" (its time counts in every speed figure, as the judges' time does,
+  because the caller clocks `verdicts`). The question puts the problem and the steps so far before the two
+  steps, so consecutive questions share that prefix: the judge keeps the keys and values of its last question
+  and feeds only what differs (the two steps, mostly), not a prefill of the whole question per pair.
 - `numbers-target`: the same numbers in the same order first (free), then the target's yes for the pairs left.
   The target alone said yes to a wrong formula with other numbers (docs/reasoning.md); this judge never asks it
   about such a pair, and asks less often.
@@ -21,9 +23,11 @@ import re
 from typing import Protocol
 
 import torch
+from transformers import DynamicCache
 
 from onlinespec.errors import UserError
 from onlinespec.prompting import encode_prompt
+from onlinespec.reasoning.step_writer import common_prefix
 
 _WORD = re.compile(r"[a-z]+|[-+*/=<>^%\u00d7\u00f7]")  # words and the operators a step's arithmetic turns on
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -121,7 +125,12 @@ ALIGNMENT_QUESTION = (
 
 class TargetJudge:
     """The target model answers ALIGNMENT_QUESTION for each pair; yes when logit(yes) > logit(no) at the first
-    answer token (candidates "yes"/"Yes"/" yes" and the same for no: the larger logit of each side)."""
+    answer token (candidates "yes"/"Yes"/" yes" and the same for no: the larger logit of each side).
+
+    The pairs are asked one after another through one KV cache: a question keeps the longest common token
+    prefix with the question before it (the instruction, the problem and the steps so far) and feeds the rest,
+    so a round's questions, and the next round's, cost their new tokens only. The logits are the same forward's
+    as a prefill of the whole question, up to floating-point rounding of the split."""
 
     name = "target"
 
@@ -129,36 +138,45 @@ class TargetJudge:
         self.model, self.tokenizer, self.max_context_chars = model, tokenizer, max_context_chars
         self.yes = self._first_ids(("yes", "Yes", " yes", " Yes"))
         self.no = self._first_ids(("no", "No", " no", " No"))
+        self._cache = DynamicCache()
+        self._cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self.fed_tokens = 0  # tokens run through the target so far (what the shared prefix saves shows here)
 
     def _first_ids(self, words: tuple[str, ...]) -> list[int]:
         ids = {self.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words}
         return sorted(ids)
 
+    def question(self, context: str, draft: str, target: str) -> list[int]:
+        """The question's token ids (the chat-rendered ALIGNMENT_QUESTION), the context cut to its last
+        `max_context_chars` characters."""
+        text = ALIGNMENT_QUESTION.format(context=context[-self.max_context_chars :], draft=draft, target=target)
+        return encode_prompt(self.tokenizer, text).tolist()
+
     @torch.inference_mode()
+    def margins(self, context: str, pairs: list[tuple[str, str]]) -> list[float]:
+        """logit(yes) - logit(no) at the answer position of each pair's question (> 0: yes)."""
+        out = []
+        for draft, target in pairs:
+            ids = self.question(context, draft, target)
+            keep = min(common_prefix(self._cached, ids), len(ids) - 1)  # feed at least the answer position
+            if keep == 0:
+                self._cache = DynamicCache()
+            elif keep < len(self._cached):
+                self._cache.crop(keep - len(self._cached))  # negative: drop that many from the end
+            new = torch.tensor([ids[keep:]])
+            logits = self.model(input_ids=new, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+            logits = logits.logits[0, -1].float()
+            self._cached, self.fed_tokens = ids, self.fed_tokens + new.shape[1]
+            out.append(float(logits[self.yes].max() - logits[self.no].max()))
+        return out
+
     def verdicts(self, context: str, pairs: list[tuple[str, str]]) -> list[bool]:
-        if not pairs:
-            return []
-        context = context[-self.max_context_chars :]
-        rows = [
-            encode_prompt(self.tokenizer, ALIGNMENT_QUESTION.format(context=context, draft=d, target=t)).tolist()
-            for d, t in pairs
-        ]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: the last position is every row's answer position
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]  # [P, V]
-        yes = logits[:, self.yes].max(-1).values
-        no = logits[:, self.no].max(-1).values
-        return [bool(v) for v in (yes > no)]
+        return [margin > 0 for margin in self.margins(context, pairs)]
 
 
 class NumbersThenTargetJudge:
     """`numbers-target`: a pair whose numbers differ (in value or order) is rejected without a forward; the target
-    judges the others (one batched forward over them, none when no pair is left)."""
+    judges the others (none asked when no pair is left)."""
 
     name = "numbers-target"
 

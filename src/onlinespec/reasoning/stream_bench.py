@@ -80,7 +80,7 @@ class ReasonBenchSettings:
     beta: float = 0.1
     lora_rank: int = 0
     steps_per_update: int = 1  # Adam steps per learning round
-    weight_layout: str = "auto"  # the target's (models/weight_layout.py); the draft keeps its own
+    weight_layout: str = "auto"  # both models' (models/weight_layout.py; auto: each measured once, cached)
     attention: str = "auto"  # the target's and the draft's (models/attention.py)
 
     def check(self) -> None:
