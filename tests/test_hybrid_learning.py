@@ -28,7 +28,9 @@ def learning(seed: int = 8, learner: str = "ogd", **cfg) -> tuple[torch.nn.Modul
     target = tiny_llama(seed=seed)
     draft = hybrid(target, seed=seed)
     engine = SpeculativeEngine(target, draft)
-    config = OnlineConfig(learner=learner, learner_cfg=LearnerConfig(lr=0.5), round_requests=1, schedule="sync", **cfg)
+    config = OnlineConfig(
+        **{"learner": learner, "learner_cfg": LearnerConfig(lr=0.5), "round_requests": 1, "schedule": "sync", **cfg}
+    )
     return target, engine, HybridLearning(engine, config)
 
 
@@ -106,6 +108,23 @@ def test_a_round_trains_the_head_and_fills_the_index_and_a_repeated_request_draf
     got, stats2 = run_spec(engine, first, GEN)  # the same request again: its text is in the shared index now
     assert got == expected  # still the target's output, token for token
     assert draft.steps["lookup"] - lookup_steps >= 3 and stats2.tau > stats1.tau + 0.5, (stats1.tau, stats2.tau)
+
+
+def test_the_index_learns_after_each_request_and_the_head_at_the_round_end() -> None:
+    """Rounds of 2: after the first request its text is in the index already (the head untouched until the
+    boundary), so the same request again drafts from earlier traffic within the round; the round record sums the
+    index's two updates."""
+    target, engine, online = learning(round_requests=2)
+    before, first = head_weights(engine), prompts(1)[0]
+    _, stats1 = run_spec(engine, first, GEN)
+    assert online.after_request(stats1) is None and engine.draft.memory()["entries"] > 0
+    assert all(torch.equal(w, before[n]) for n, w in head_weights(engine).items())
+    lookup_steps = engine.draft.steps["lookup"]
+    got, stats2 = run_spec(engine, first, GEN)
+    assert got == run_ar(target, first, GEN)[0] and engine.draft.steps["lookup"] - lookup_steps >= 3
+    record = online.after_request(stats2)
+    assert record["index_updates"] == 2 and record["update_blocking_s"] >= record["index_update_s"] > 0
+    assert all(not torch.equal(w, before[n]) for n, w in head_weights(engine).items())
 
 
 def test_private_requests_teach_neither_part() -> None:

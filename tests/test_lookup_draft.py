@@ -43,7 +43,7 @@ def random_texts(count: int, length: int, vocab: int = VOCAB, seed: int = 0) -> 
 
 def session(draft: LookupDraft, learner: str = "count", **cfg) -> tuple[SpeculativeEngine, CountingLearning]:
     engine = SpeculativeEngine(tiny_llama(seed=0, vocab=draft.vocab), draft)
-    return engine, CountingLearning(engine, OnlineConfig(learner=learner, round_requests=1, **cfg))
+    return engine, CountingLearning(engine, OnlineConfig(**{"learner": learner, "round_requests": 1, **cfg}))
 
 
 def test_it_is_a_counting_draft_not_a_trainable_one() -> None:
@@ -177,6 +177,31 @@ def test_a_second_identical_request_accepts_more_and_a_static_draft_does_not() -
         assert (second.accepted > first.accepted + 10 and second.tau > 1.5 * first.tau) is better
     record = online.status().last_record
     assert online.status().learner == "static" and "index_entries" not in record
+
+
+def test_the_index_learns_as_each_request_ends_and_the_round_record_sums_its_updates() -> None:
+    """index_every = 1 (the default): within a round of 3 requests the index holds a request's text as soon as it
+    ends, so the same request again drafts from it in the same round; the round record sums the three updates and
+    their time is on the clock. index_every = 0 learns nothing until the boundary; both end in the same index."""
+    prompt = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    taus, indexes = {}, {}
+    for every in (1, 0):
+        engine, online = session(LookupDraft(VOCAB), round_requests=3, index_every=every)
+        for request in range(3):
+            tokens, stats = run_spec(engine, prompt, GEN)
+            assert tokens == run_ar(engine.target, prompt, GEN)[0]
+            taus.setdefault(every, []).append(stats.tau)
+            record = online.after_request(stats)
+            learned = online.status().draft_memory["entries"]
+            assert (learned > 0) is (every == 1 or request == 2)  # 0: learned at the boundary only
+        assert record["index_updates"] == (3 if every else 1) and record["update_blocking_s"] >= record["update_s"] > 0
+        assert record["index_learned_tokens"] == record["positions"] == 3 * (8 + 40 - 1)
+        indexes[every] = engine.draft.state_tensors()
+    assert taus[1][1] > 1.5 * taus[0][1] and taus[0][0] == taus[0][1] == taus[0][2] == taus[1][0]
+    for name, tensor in indexes[1].items():
+        assert torch.equal(tensor, indexes[0][name]), name
+    with pytest.raises(UserError, match="index_every must be >= 0"):
+        OnlineConfig(index_every=-1)
 
 
 def test_status_and_round_records_report_the_index_memory() -> None:

@@ -32,6 +32,7 @@ METHOD_ONLINE_FIELDS = (
     "mask_oov",
     "loss_after",
     "prompt_positions",
+    "index_every",
 )
 
 

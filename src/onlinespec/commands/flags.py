@@ -143,6 +143,9 @@ def learning_flags() -> tuple[ConfigFlag, ...]:
         ),
         ConfigFlag(O, "round_requests", "requests per round", flag="--round-size"),
         ConfigFlag(O, "round_tokens", "if > 0, a round ends after this many new tokens instead"),
+        ConfigFlag(
+            O, "index_every", "lookup/hybrid drafts: learn the n-gram index after every N requests, 0 = at round ends"
+        ),
         ConfigFlag(L, "passes", "gradient steps per round"),
         ConfigFlag(L, "clip", "global gradient-norm clip, 0 = off"),
         ConfigFlag(L, "radius", "project onto this L2 ball around the warm start, 0 = off"),

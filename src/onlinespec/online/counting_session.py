@@ -3,8 +3,9 @@
 Same surface and bookkeeping as `OnlineLearning` (rounds, records, `private()`, snapshots, `status()`, `close()`);
 only the hooks differ:
 - feedback: each learned request's committed tokens (online/committed_text.py), nothing else;
-- update: `draft.learn(requests)` at the round boundary, on the caller's thread whatever the schedule says. It is a
-  few dict inserts per token (milliseconds a round), and proposals read the index it writes: a background thread
+- update: `draft.learn(requests)` after every `index_every` learned requests (online/index_learning.py; default
+  every request) and at the round boundary for what is left, on the caller's thread whatever the schedule says. It
+  is a few dict inserts per token (milliseconds), and proposals read the index it writes: a background thread
   would race with them. Nothing to publish: the draft is changed in place, between requests only;
 - drafts: the lookup draft, and the hybrid draft under learner `count` (its index learns, its head stays frozen);
 - learner: `static` freezes the draft (a restored index is used, nothing is added); any other name counts (the
@@ -19,7 +20,6 @@ only the hooks differ:
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import torch
@@ -28,12 +28,13 @@ from onlinespec.decoding.engine import SpeculativeEngine
 from onlinespec.errors import UserError
 from onlinespec.online.committed_text import CommittedText
 from onlinespec.online.counting_draft import COUNT, CountingDraft
+from onlinespec.online.index_learning import IndexLearning
 from onlinespec.online.session import OnlineConfig, OnlineLearning
 
 INDEX_PREFIX = "index."  # a hybrid state's index tensors in draft.safetensors (the head's are its parameter names)
 
 
-class CountingLearning(OnlineLearning):
+class CountingLearning(IndexLearning, OnlineLearning):
     """A learning session for a `CountingDraft`: `Pipeline.enable_learning` picks it for such a draft."""
 
     def __init__(self, engine: SpeculativeEngine, cfg: OnlineConfig) -> None:
@@ -43,20 +44,21 @@ class CountingLearning(OnlineLearning):
         super().__init__(engine, replace(cfg, learner=learner, schedule="sync"))
 
     def _attach(self, draft: CountingDraft) -> CommittedText:
-        return CommittedText(self._cfg.max_positions)
+        self._committed, self._index_round, self._round_tokens = CommittedText(self._cfg.max_positions), {}, 0
+        return self._committed
 
     def _update(self, examples: list[torch.Tensor]) -> dict:
-        tic = time.perf_counter()
-        telemetry = self._draft.learn(examples)
-        elapsed = time.perf_counter() - tic
-        self._update_s += elapsed
-        return {**telemetry, "update_s": elapsed}
+        """`examples`: the requests not learned yet (none when the index learns after every request)."""
+        telemetry = self._take_index_round(examples)
+        self._round_tokens = telemetry.get("index_learned_tokens", 0)
+        return {**telemetry, "update_s": telemetry.get("index_update_s", 0.0)}
 
     def _publish(self) -> None:
         """Nothing: `learn` changed the live draft already (at the boundary, between requests)."""
 
     def _positions(self, examples: list[torch.Tensor]) -> int:
-        return sum(ids.shape[0] for ids in examples)
+        """The round's learned tokens (most were learned as their requests ended, before the boundary)."""
+        return self._round_tokens
 
     def _draft_memory(self) -> dict[str, float]:
         return self._draft.memory()

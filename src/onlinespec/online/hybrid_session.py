@@ -4,8 +4,9 @@ counting. `Pipeline.enable_learning` picks it for a draft that is both a `Traina
 Everything of `OnlineLearning` (online/session.py) holds for the head: feedback buffer, learner, schedule,
 replay, prompt positions, publication. On top of it, for the index (as online/counting_session.py does it):
 - feedback: each learned request's committed tokens too (online/committed_text.py); private requests give none;
-- update: `draft.learn(requests)` at every round boundary on the decoding thread, before the head's update and
-  before the snapshot, whatever the schedule (proposals read the index: a background thread would race with them);
+- update: `draft.learn(requests)` after every `index_every` learned requests (online/index_learning.py; default
+  every request) and at each round boundary for what is left, before the head's update and before the snapshot, on
+  the decoding thread whatever the schedule (proposals read the index: a background thread would race with them);
   its time counts in the round's update time;
 - snapshot: the index tensors go into draft.safetensors next to the head's, under INDEX_PREFIX, and its description
   into state.json under "counting"; a state saved for another draft, tokenizer or layout is refused.
@@ -15,8 +16,6 @@ alone (online/counting_session.py runs it; the head stays frozen): the two kinds
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from onlinespec.errors import UserError
@@ -24,14 +23,15 @@ from onlinespec.online.committed_text import CommittedText
 from onlinespec.online.counting_draft import COUNT
 from onlinespec.online.counting_session import INDEX_PREFIX, load_counting_state
 from onlinespec.online.feedback_buffer import FeedbackBuffer
+from onlinespec.online.index_learning import IndexLearning
 from onlinespec.online.session import OnlineLearning
 
 
-class HybridLearning(OnlineLearning):
+class HybridLearning(IndexLearning, OnlineLearning):
     """A learning session for a draft that is both trainable (its head) and counting (its lookup index)."""
 
     def _attach(self, draft) -> FeedbackBuffer:
-        self._committed = CommittedText(self._cfg.max_positions)
+        self._committed, self._index_round = CommittedText(self._cfg.max_positions), {}
         return super()._attach(draft)
 
     def _on_feedback(self, record) -> None:
@@ -40,11 +40,7 @@ class HybridLearning(OnlineLearning):
             self._committed.add(record)
 
     def _boundary_update(self) -> dict:
-        tic = time.perf_counter()
-        telemetry = self._draft.learn(self._committed.drain())
-        elapsed = time.perf_counter() - tic
-        self._update_s += elapsed
-        return {**telemetry, "index_update_s": elapsed}
+        return self._take_index_round(self._committed.drain())
 
     def _draft_memory(self) -> dict[str, float]:
         return self._draft.memory()

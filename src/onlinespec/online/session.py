@@ -51,6 +51,11 @@ class OnlineConfig:
     learner_cfg: LearnerConfig = field(default_factory=LearnerConfig)
     round_requests: int = 8  # a round ends after this many requests...
     round_tokens: int = 0  # ...or, when > 0, after this many verified (new) tokens instead
+    # A counting draft's n-gram index (--draft lookup, and the default hybrid draft's) learns after every
+    # `index_every` learned requests: a few dict inserts (milliseconds), so by default as soon as each request ends,
+    # not at the round's end; rounds still set the head's updates, the round records and the snapshots. 0 = at the
+    # round boundaries only. Measured: the full preset's stream, `count`, 1.05x -> 1.11x the frozen draft's speed.
+    index_every: int = 1
     loss: str = "forward_kl"
     positions: str = "all"  # "all" verified positions, or "mismatch" only (OSD)
     top_k: int = 64  # kept entries of each target distribution (0 = full)
@@ -84,6 +89,10 @@ class OnlineConfig:
             raise UserError(f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
         if self.round_requests < 1 and self.round_tokens < 1:
             raise UserError("a round needs round_requests >= 1 or round_tokens >= 1")
+        if self.index_every < 0:
+            raise UserError(
+                f"index_every must be >= 0 (0 = learn the index at round boundaries), got {self.index_every}"
+            )
         if self.save_every < 1:
             raise UserError(f"save_every must be >= 1, got {self.save_every}")
         if self.prompt_positions < 0:
@@ -138,6 +147,7 @@ class OnlineLearning:
         self._round = 0
         self._counters = RequestStats.zero()  # the open round's requests, summed
         self._update_s = 0.0  # all update time so far (sync: on the decoding path; overlap: in the background)
+        self._blocking_between_s = 0.0  # learning on the decoding thread between boundaries (this round's)
         self._history: list[dict] = []
         self._sources_seen = source_counts(self._draft)  # a hybrid's per-source counts at the last boundary
         self._last_saved_round: int | None = None
@@ -213,6 +223,10 @@ class OnlineLearning:
         """Call after every learned request; at a round boundary this updates/publishes and returns the round
         record (`status().last_round_saved` then says whether the boundary took a snapshot)."""
         self._counters = self._counters + stats
+        if self._learning:
+            tic = time.perf_counter()
+            self._after_each_request(self._counters.requests)
+            self._blocking_between_s += time.perf_counter() - tic
         c = self._counters
         if self._cfg.round_tokens > 0:
             if c.new_tokens < self._cfg.round_tokens:
@@ -238,7 +252,8 @@ class OnlineLearning:
             else:  # the update finishing now is the one launched at the previous boundary
                 result |= self._finish_pending()
             self._publish()
-        blocking_s = time.perf_counter() - tic
+        # decoding waited at this boundary, and for the learning it ran between boundaries (it is on the clock)
+        blocking_s, self._blocking_between_s = time.perf_counter() - tic + self._blocking_between_s, 0.0
         record = {
             "round": self._round,
             "learner": self._cfg.learner,
@@ -325,6 +340,11 @@ class OnlineLearning:
             "replay_bytes": self._replay.nbytes,
             "update_s": elapsed,
         }
+
+    def _after_each_request(self, requests: int) -> None:
+        """Learning due after every learned request (`requests`: the open round's so far), on the decoding thread;
+        its time counts in the round's `update_blocking_s`. Nothing for gradient learners (online/index_learning.py
+        uses it)."""
 
     def _boundary_update(self) -> dict:
         """Learning that must happen on the decoding thread at each boundary, before the update and the snapshot;
