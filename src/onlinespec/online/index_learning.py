@@ -11,7 +11,8 @@ sizes (`index_entries`, `index_bytes`, ...) as after the last. The time counts i
 
 Why: an update is a few dict inserts a request (milliseconds), and what a request taught helps the very next one.
 On the full preset's shifted stream (20 prompts a domain, rounds of 8) learning the index every 8 requests made
-the default draft 1.05x faster than itself frozen, learning it after every request 1.11x (docs/benchmarks.md).
+the default draft 1.05x faster than itself frozen, learning it after every request 1.12x, in one run
+(docs/benchmarks.md, "The index learning after every request").
 """
 
 from __future__ import annotations
