@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from onlinespec.errors import UserError
 from onlinespec.prompting import encode_prompt
-from onlinespec.reasoning.step_writer import common_prefix
+from onlinespec.reasoning.step_writer import reuse_prefix
 
 _WORD = re.compile(r"[a-z]+|[-+*/=<>^%\u00d7\u00f7]")  # words and the operators a step's arithmetic turns on
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -158,11 +158,8 @@ class TargetJudge:
         out = []
         for draft, target in pairs:
             ids = self.question(context, draft, target)
-            keep = min(common_prefix(self._cached, ids), len(ids) - 1)  # feed at least the answer position
-            if keep == 0:
-                self._cache = DynamicCache()
-            elif keep < len(self._cached):
-                self._cache.crop(keep - len(self._cached))  # negative: drop that many from the end
+            # keep the shared prefix; feed at least the answer position, whose logits are read
+            self._cache, keep = reuse_prefix(self._cache, self._cached, ids, feed_at_least=1)
             new = torch.tensor([ids[keep:]])
             logits = self.model(input_ids=new, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
             logits = logits.logits[0, -1].float()

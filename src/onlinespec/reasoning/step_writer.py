@@ -56,6 +56,20 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def reuse_prefix(
+    cache: DynamicCache, cached: list[int], want: list[int], feed_at_least: int = 0
+) -> tuple[DynamicCache, int]:
+    """Keep what `cache` holds (the tokens `cached`) up to its longest common prefix with `want`, leaving at least
+    `feed_at_least` of `want`'s tokens to feed; returns the cache to feed the rest into (a new one when nothing is
+    kept) and how many tokens of `want` it holds."""
+    keep = min(common_prefix(cached, want), len(want) - feed_at_least)
+    if keep <= 0:
+        return DynamicCache(), 0
+    if keep < len(cached):
+        cache.crop(keep - len(cached))  # negative: drop that many from the end
+    return cache, keep
+
+
 class StepWriter:
     """Writes steps of one problem's answer with `model`, greedily (argmax), caching the context."""
 
@@ -79,11 +93,7 @@ class StepWriter:
     def _feed(self, want: list[int]) -> torch.Tensor | None:
         """Make the cache hold exactly `want` (keep the common prefix with what it holds, feed the rest); the
         logits [N, V] of the N tokens fed (None when none was)."""
-        keep = common_prefix(self._cached, want)
-        if keep == 0:
-            self._cache = DynamicCache()
-        elif keep < len(self._cached):
-            self._cache.crop(keep - len(self._cached))  # negative: drop that many from the end
+        self._cache, keep = reuse_prefix(self._cache, self._cached, want)
         self._cached = self._cached[:keep]
         if len(want) == keep:
             return None
