@@ -64,19 +64,21 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("command", "what"),
+    ("command", "what", "draft"),
     [
-        (["generate", "the cat", "--learner", "ogd", "--draft-state"], "draft state"),
-        (["serve", "--learner", "ogd", "--port", "1", "--draft-state"], "draft state"),
-        (["warmup", "--minutes", "1", "--out"], "warm-up output folder"),
-        (["bench", "--preset", "quick", "--out"], "benchmark run"),
+        (["generate", "the cat", "--learner", "ogd", "--draft-state"], "draft state", "layerskip:2"),
+        (["serve", "--learner", "ogd", "--port", "1", "--draft-state"], "draft state", "layerskip:2"),
+        (["warmup", "--minutes", "1", "--out"], "warm-up output folder", "eagle"),  # warmup trains heads only
+        (["bench", "--preset", "quick", "--out"], "benchmark run", "layerskip:2"),
     ],
 )
-def test_every_command_refuses_a_directory_another_process_owns(tmp_path: Path, command, what, model_dir) -> None:
+def test_every_command_refuses_a_directory_another_process_owns(
+    tmp_path: Path, command, what, draft, model_dir
+) -> None:
     held = tmp_path / "held"
     holder = hold_in_other_process(held)
     try:
-        proc = onlinespec(*command, str(held), "--target", str(model_dir), "--draft", "layerskip:2")
+        proc = onlinespec(*command, str(held), "--target", str(model_dir), "--draft", draft)
     finally:
         holder.kill()
         holder.wait()

@@ -174,3 +174,33 @@ def _labels_of(held_dir, model, teacher_pass) -> bool:
     return all(
         torch.equal(again.features[i, :n], batch["features"][i, :n]) for i, n in enumerate(batch["lengths"].tolist())
     )
+
+
+def test_streams_choose_the_warmup_prompts_from_warmup_slices_only(tmp_path, capsys) -> None:
+    """--streams: the first N prompts of each named stream's warm-up slice, taken in turn, the last 2 of each held
+    out; a stream's online slice (what bench decodes) can never be asked for."""
+    from onlinespec.bench.prompts import source_stream
+    from onlinespec.warmup.run import parse_warmup_streams, warmup_prompts
+
+    streams = parse_warmup_streams("writingbench:5,math")
+    math_slice = [p.text for p in source_stream("math").warmup]
+    writing_slice = [p.text for p in source_stream("writingbench").warmup]
+    assert streams == {"writingbench": 5, "math": len(math_slice)}
+    train, held = warmup_prompts(streams)
+    in_turn = [writing_slice[0], math_slice[0], writing_slice[1], math_slice[1], writing_slice[2], math_slice[2]]
+    assert train[:6] == in_turn
+    assert len(train) == 3 + len(math_slice) - 2
+    assert held == writing_slice[3:5] + math_slice[-2:]
+    online = {p.text for name in streams for p in source_stream(name).online}
+    assert not online & set(train + held)
+    assert warmup_prompts()[0][:3] == warmup_prompts(parse_warmup_streams("humaneval:40,spider:40,finance:24"))[0][:3]
+    for bad, message in [
+        ("poetry", "unknown stream 'poetry'"),
+        ("math:many", "needs a whole number"),
+        (f"math:{len(math_slice) + 1}", f"'math' has {len(math_slice)} warm-up prompts"),
+        ("math:2", "take more than 2"),
+        (" , ", "at least one stream"),
+    ]:
+        assert main(["warmup", "--out", str(tmp_path / "out"), "--streams", bad]) == 2, bad
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()  # a flag mistake is refused before the output folder is taken

@@ -12,10 +12,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onlinespec.commands.common import config_from_args, owned_directory
 from onlinespec.commands.flags import add_model_flags
 from onlinespec.errors import UserError
+
+if TYPE_CHECKING:
+    from onlinespec.warmup.run import WarmupConfig
 
 NAME = "warmup"
 
@@ -33,6 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps (0 = time budget only)")
     p.add_argument("--data", default="answers,stdlib,pydoc", help=f"sources from {', '.join(DATA_SOURCES)}")
     p.add_argument("--answers", type=int, default=48, help="warm-up prompts the target answers (default: %(default)s)")
+    p.add_argument(
+        "--streams",
+        default="humaneval:40,spider:40,finance:24",
+        help="the prompts to answer: the first N of each named stream's warm-up slice, never its online slice, "
+        "taken in turn (NAME[:N],...; N defaults to the whole slice; default: %(default)s)",
+    )
     p.add_argument("--answer-tokens", type=int, default=128, help="max tokens of each target answer")
     p.add_argument("--corpus-tokens", type=int, default=120_000, help="tokens taken from stdlib + pydoc")
     p.add_argument("--seq-len", type=int, default=256, help="corpus sequence length (default: %(default)s)")
@@ -74,13 +84,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)  # every flag is checked before the output folder is taken: a mistake leaves nothing behind
     with owned_directory(args.out, "warm-up output folder"):
-        return _run(args)
+        return _run(args, cfg)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> WarmupConfig:
     from onlinespec.drafts import HEAD_KIND_NAMES
-    from onlinespec.warmup.run import DATA_SOURCES, WarmupConfig, run_warmup
+    from onlinespec.warmup.run import DATA_SOURCES, WarmupConfig, parse_warmup_streams
 
     if args.draft not in HEAD_KIND_NAMES:
         raise UserError(f"warmup trains heads: --draft must be one of {', '.join(HEAD_KIND_NAMES)}, not '{args.draft}'")
@@ -97,7 +108,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--answer-batch must be at least 1")
     if args.batch_tokens < args.seq_len:
         raise UserError("--batch-tokens must be at least --seq-len")
-    cfg = config_from_args(WarmupConfig, args, kind=args.draft, sources=tuple(sources))
+    streams = parse_warmup_streams(args.streams)
+    return config_from_args(WarmupConfig, args, kind=args.draft, sources=tuple(sources), streams=streams)
+
+
+def _run(args: argparse.Namespace, cfg: WarmupConfig) -> int:
+    from onlinespec.warmup.run import run_warmup
+
     record = run_warmup(cfg, command="onlinespec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     before, after = record["held_out_top1_agreement"].values()
     decoding = record["held_out_decoding"]

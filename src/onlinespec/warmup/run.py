@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
 
@@ -23,7 +23,9 @@ from onlinespec.errors import UserError
 from onlinespec.models import DEFAULT_MODEL
 
 DATA_SOURCES = ("answers", "stdlib", "pydoc")
-WARMUP_STREAMS = {"humaneval": 40, "spider": 40, "finance": 24}  # the first items of each stream (paper protocol)
+# The default warm-up prompts: the first items of each stream's warm-up slice (paper protocol); `--streams` picks
+# others, e.g. the slices of the domains a deployment will serve.
+WARMUP_STREAMS = {"humaneval": 40, "spider": 40, "finance": 24}
 EVAL_PER_STREAM = 2  # the last warm-up prompts of each stream are held out for the final check
 HELD_OUT_EVERY = 20  # every 20th sequence (answers first, then corpus) is held out for the agreement figure
 
@@ -56,14 +58,45 @@ class WarmupConfig:
     device: str = "cpu"  # where the target's passes and the training run ("cuda" on a GPU machine)
     init: str | None = None  # start from this saved head (its weights and draft vocabulary) instead of a fresh one
     teacher_dtype: str = "float32"  # the target copy that answers and labels (module docstring of run_warmup)
+    streams: dict[str, int] = field(default_factory=lambda: dict(WARMUP_STREAMS))  # stream -> its first N prompts
 
 
-def warmup_prompts() -> tuple[list[str], list[str]]:
-    """(training prompts, held-out prompts) from the warm-up slices of the prompt streams (bench/prompts.py)."""
+def parse_warmup_streams(text: str) -> dict[str, int]:
+    """`writingbench:40,math` -> {"writingbench": 40, "math": the whole warm-up slice}. Only a stream's warm-up
+    slice may be taken (bench/prompts.py): its online slice is what `onlinespec bench` decodes, so a head warmed up
+    on it would be measured on its own training prompts."""
+    from onlinespec.bench.prompts import SOURCES, source_stream
+
+    streams: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, count_text = item.partition(":")
+        if name not in SOURCES:
+            raise UserError(f"--streams: unknown stream '{name}': choose from {', '.join(SOURCES)}")
+        available = len(source_stream(name).warmup)
+        try:
+            count = int(count_text) if count_text else available
+        except ValueError:
+            raise UserError(f"--streams: '{item}' needs a whole number of prompts after the colon") from None
+        if not EVAL_PER_STREAM < count <= available:
+            raise UserError(
+                f"--streams: '{name}' has {available} warm-up prompts; take more than {EVAL_PER_STREAM} (the last "
+                f"{EVAL_PER_STREAM} are held out for the decoding check) and at most {available}"
+            )
+        streams[name] = count
+    if not streams:
+        raise UserError("--streams needs at least one stream, e.g. humaneval:40,spider:40,finance:24")
+    return streams
+
+
+def warmup_prompts(streams: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts) from the warm-up slices of the prompt streams (bench/prompts.py): the
+    first `count` prompts of each `streams` entry (default WARMUP_STREAMS), its last EVAL_PER_STREAM held out."""
     from onlinespec.bench.prompts import STREAMS
 
     per_stream, held = [], []
-    for name, count in WARMUP_STREAMS.items():
+    for name, count in (streams or WARMUP_STREAMS).items():
         prompts = STREAMS[name]()[:count]
         per_stream.append(prompts[: count - EVAL_PER_STREAM])
         held += prompts[count - EVAL_PER_STREAM :]
@@ -122,7 +155,7 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         teacher = loaded
     teacher.model.to(device)
     pipe = Pipeline(teacher, None)
-    train_prompts, held_prompts = warmup_prompts()
+    train_prompts, held_prompts = warmup_prompts(cfg.streams)
     if cfg.prompts:
         from onlinespec.bench.prompts import load_prompt_file
 
@@ -193,7 +226,7 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
         "seed": cfg.seed,
         "data": {
             "sources": sources,
-            "warmup_prompts": {k: v - EVAL_PER_STREAM for k, v in WARMUP_STREAMS.items()},
+            "warmup_prompts": {k: v - EVAL_PER_STREAM for k, v in cfg.streams.items()},
             "answered_prompts": len(answer_prompts) if "answers" in sources else 0,
             "prompt_file": _file_record(cfg.prompts) if cfg.prompts else None,
             "answer_tokens": cfg.answer_tokens,
