@@ -237,7 +237,13 @@ BAD_INPUTS = [
     (C, {"prompt": "the cat", "model": "gpt-4"}, 404, "model", "model 'gpt-4' does not exist"),
     (C, {"prompt": "cat " * 1200}, 413, None, "larger than 4096 bytes"),
     (CHAT, {"messages": "hi"}, 400, "messages", "'messages' must be a non-empty list"),
-    (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0]", "'messages[0].role' must be one of"),
+    (
+        CHAT,
+        {"messages": [{"role": "tool", "content": "x"}]},
+        400,
+        "messages[0].role",
+        "'messages[0].role' must be one of",
+    ),
     (CHAT, {"messages": [{"role": "user", "content": 7}]}, 400, "messages[0].content", "must be a string"),
     (CHAT, {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools", ""),
 ]

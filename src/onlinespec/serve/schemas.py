@@ -1,6 +1,8 @@
 """Validation of /v1/completions and /v1/chat/completions bodies into one `CompletionRequest`.
 
-Every refusal is an `ApiError(400)` naming the offending field. Fields of the OpenAI API this server does not
+The bodies are pydantic models (strict types: `true` is no integer, `"1"` no number; unknown fields forbidden);
+`parse_request` turns the first validation error into an `ApiError(400)` in the OpenAI shape, naming the offending
+field. A JSON `null` means the field's default, as in OpenAI's API. Fields of the OpenAI API this server does not
 implement are refused unless they carry their neutral value (so clients that always send defaults still work);
 fields that are not in the API at all are refused by name.
 """
@@ -8,16 +10,25 @@ fields that are not in the API at all are refused by name.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from onlinespec.decoding.config import SEED_RANGE
-from onlinespec.serve.errors import bad_request, printable
+from onlinespec.serve.errors import ApiError, bad_request, printable
 
-COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options"}
-COMMON_FIELDS |= {"n", "user"}
-KIND_FIELDS = {"completion": {"prompt"}, "chat": {"messages", "max_completion_tokens"}}
 # Parameters of the OpenAI API this server does not implement, with the values that mean "off".
 NEUTRAL = {
     "echo": (False,),
@@ -38,7 +49,6 @@ NEUTRAL = {
     "store": (None, False),
     "metadata": (None, {}),
 }
-ROLES = ("system", "developer", "user", "assistant")
 MIN_SEED, MAX_SEED = SEED_RANGE  # what the sampler's generator takes (64 bits, either sign)
 MAX_STOP_STRINGS = 4
 
@@ -57,6 +67,156 @@ class CompletionRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+
+
+def _refuse(message: str, code: str = "invalid_value") -> PydanticCustomError:
+    """A validation error whose message is ours, word for word: `parse_request` writes it after the field's quoted
+    name (no context is given, so pydantic leaves the braces of the message alone)."""
+    return PydanticCustomError(code, message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+def _text_parts_joined(content: Any) -> Any:
+    """Message content: a string, or a list of {"type": "text", "text": ...} parts (joined)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            raise _refuse('parts must be {"type": "text", "text": ...}')
+        return "".join(p["text"] for p in content)
+    raise _refuse("must be a string or a list of text parts")
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, BeforeValidator(_text_parts_joined)]
+    name: str | None = None
+
+
+def _one_prompt(prompt: Any) -> Any:
+    """A completions prompt: text, or token ids; a batch of one is that one prompt, a larger batch is refused."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise _refuse("is empty: give some text to continue")
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
+        raise _refuse("is a batch: batches of prompts are not supported, send one prompt per request")
+    raise _refuse("must be a non-empty string or a list of token ids")
+
+
+def _some_messages(messages: Any) -> Any:
+    if not isinstance(messages, list) or not messages:
+        raise _refuse("must be a non-empty list of {role, content} objects")
+    return messages
+
+
+def _stop_strings(value: Any) -> Any:
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise _refuse("must be a non-empty string or a list of non-empty strings")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise _refuse(f"takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}")
+    return tuple(stops)
+
+
+PromptValue = Annotated[str | list[int], BeforeValidator(_one_prompt)]
+Messages = Annotated[list[Message], BeforeValidator(_some_messages)]
+StopStrings = Annotated[tuple[str, ...], BeforeValidator(_stop_strings)]
+
+
+class _Body(_Strict):
+    """The fields both endpoints share."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int = Field(0, ge=0)
+    seed: int = Field(0, ge=MIN_SEED, le=MAX_SEED)
+    stop: StopStrings = ()
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    user: str | None = None
+    # the API's parameters this server does not implement: only their neutral values (NEUTRAL) pass
+    echo: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    best_of: Any = None
+    suffix: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    service_tier: Any = None
+    store: Any = None
+    metadata: Any = None
+
+    @field_validator(*NEUTRAL, mode="before")
+    @classmethod
+    def _only_neutral(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in NEUTRAL[info.field_name]:
+            raise _refuse("is not supported by this server", code="unsupported_parameter")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_completion(cls, n: int) -> int:
+        if n != 1:
+            raise _refuse(f"must be 1: only n = 1 is supported (one completion per request), got {n}")
+        return n
+
+    @field_validator("max_tokens", "max_completion_tokens", check_fields=False)
+    @classmethod
+    def _within_this_server(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = (info.context or {}).get("max_tokens_limit")
+        if value is not None and limit is not None and value > limit:
+            raise _refuse(f"must be <= {limit} on this server, got {value}")
+        return value
+
+
+class CompletionBody(_Body):
+    prompt: PromptValue
+
+
+class ChatBody(_Body):
+    messages: Messages
+    max_completion_tokens: int | None = Field(None, ge=1)  # the chat API's newer name for max_tokens
+
+
+BODIES: dict[str, type[_Body]] = {"completion": CompletionBody, "chat": ChatBody}
+# pydantic's error types -> what the value must be, for the messages of type errors
+EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "model_type": "an object",
+    "dict_type": "an object",
+    "list_type": "a list",
+}
 
 
 def parse_json(raw: bytes) -> dict:
@@ -105,147 +265,79 @@ def _surrogate_error(where: str) -> None:
 
 
 def parse_request(body: dict, kind: str, max_tokens_limit: int) -> CompletionRequest:
-    """Check every field of a completions (`kind="completion"`) or chat (`kind="chat"`) body."""
-    allowed = COMMON_FIELDS | KIND_FIELDS[kind]
-    for name, value in body.items():
-        if name in allowed:
-            continue
-        if name in NEUTRAL:
-            if value not in NEUTRAL[name]:
-                raise bad_request(f"'{name}' is not supported by this server", param=name, code="unsupported_parameter")
-            continue
-        raise bad_request(f"unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
-    n = _integer(body, "n", 1, None)
-    if n is not None and n != 1:
-        raise bad_request(f"only n = 1 is supported (one completion per request), got {n}", param="n")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad_request("'model' must be a string", param="model")
-    max_tokens = _integer(body, "max_tokens", 1, max_tokens_limit)
-    if kind == "chat":
-        alias = _integer(body, "max_completion_tokens", 1, max_tokens_limit)
-        max_tokens = alias if alias is not None else max_tokens
-    stream = _boolean(body, "stream")
-    options = body.get("stream_options")
-    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
-        raise bad_request("'stream_options' must be an object with at most 'include_usage'", param="stream_options")
-    if options is not None and not stream:
+    """Check every field of a completions (`kind="completion"`) or chat (`kind="chat"`) body; the first error is
+    the 400 the client gets."""
+    try:
+        parsed = BODIES[kind].model_validate(body, context={"max_tokens_limit": max_tokens_limit})
+    except ValidationError as exc:
+        raise _api_error(exc.errors()[0], BODIES[kind]) from None
+    if parsed.stream_options is not None and not parsed.stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
-    include_usage = bool(options and _boolean(options, "include_usage", "stream_options.include_usage"))
-    if body.get("user") is not None and not isinstance(body["user"], str):
-        raise bad_request("'user' must be a string", param="user")
-    temperature = _number(body, "temperature", 0.0, 2.0)
-    top_p = _number(body, "top_p", 0.0, 1.0)
-    if top_p is not None and top_p <= 0:
-        raise bad_request(f"'top_p' must be in (0, 1], got {top_p}", param="top_p")
-    top_k = _integer(body, "top_k", 0, None)
-    seed = _integer(body, "seed", MIN_SEED, MAX_SEED)
+    max_tokens = parsed.max_tokens
+    if isinstance(parsed, ChatBody) and parsed.max_completion_tokens is not None:
+        max_tokens = parsed.max_completion_tokens
     return CompletionRequest(
         kind=kind,
-        model=model,
-        prompt=_prompt(body) if kind == "completion" else None,
-        messages=_messages(body) if kind == "chat" else None,
+        model=parsed.model,
+        prompt=parsed.prompt if isinstance(parsed, CompletionBody) else None,
+        messages=[{"role": m.role, "content": m.content} for m in parsed.messages]
+        if isinstance(parsed, ChatBody)
+        else None,
         max_tokens=max_tokens,
-        temperature=0.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        top_k=top_k or 0,
-        seed=seed or 0,
-        stop=_stop(body),
-        stream=stream,
-        include_usage=include_usage,
+        temperature=parsed.temperature,
+        top_p=parsed.top_p,
+        top_k=parsed.top_k,
+        seed=parsed.seed,
+        stop=parsed.stop,
+        stream=parsed.stream,
+        include_usage=bool(parsed.stream_options and parsed.stream_options.include_usage),
     )
 
 
-def _integer(body: dict, name: str, lo: int | None, hi: int | None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"'{name}' must be an integer, got {json.dumps(value)}", param=name)
-    if lo is not None and value < lo:
-        raise bad_request(f"'{name}' must be >= {lo}, got {value}", param=name)
-    if hi is not None and value > hi:
-        raise bad_request(f"'{name}' must be <= {hi} on this server, got {value}", param=name)
-    return value
+def _api_error(error: dict, model: type[BaseModel]) -> ApiError:
+    """One pydantic error -> the OpenAI-shaped 400: `param` is the field's path (`messages[0].role`), the message
+    names it and says what it must be."""
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "extra_forbidden":
+        return bad_request(f"unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+    if kind == "unsupported_parameter":
+        return bad_request(f"'{param}' {error['msg']}", param=param, code="unsupported_parameter")
+    if kind == "missing":
+        message = "is required"
+    elif kind in EXPECTED:
+        message = f"must be {EXPECTED[kind]}, got {_shown(value)}"
+    elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        message = f"must be {_allowed(model, str(error['loc'][0]))}, got {value}"
+    elif kind == "literal_error":
+        message = f"must be one of {ctx.get('expected')}, got {_shown(value)}"
+    else:  # our own validators' messages (_refuse), and anything else pydantic says
+        message = error["msg"]
+    return bad_request(f"'{param}' {message}", param=param)
 
 
-def _number(body: dict, name: str, lo: float, hi: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise bad_request(f"'{name}' must be a number, got {json.dumps(value)}", param=name)
-    if not lo <= value <= hi:
-        raise bad_request(f"'{name}' must be between {lo:g} and {hi:g}, got {value}", param=name)
-    return float(value)
+def _allowed(model: type[BaseModel], name: str) -> str:
+    """The range a bounded field's `Field(...)` declares, in words: "between 0 and 2", "in (0, 1]", ">= 1"."""
+    bounds = {}
+    for constraint in model.model_fields[name].metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if hasattr(constraint, kind):
+                bounds[kind] = getattr(constraint, kind)
+    lo, hi = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    if lo is not None and hi is not None:
+        if "ge" in bounds and "le" in bounds:
+            return f"between {_number(lo)} and {_number(hi)}"
+        return f"in {'[' if 'ge' in bounds else '('}{_number(lo)}, {_number(hi)}{']' if 'le' in bounds else ')'}"
+    sign, bound = next((s, bounds[k]) for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in bounds)
+    return f"{sign} {_number(bound)}"
 
 
-def _boolean(body: dict, name: str, param: str | None = None) -> bool:
-    value = body.get(name, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise bad_request(f"'{param or name}' must be true or false, got {json.dumps(value)}", param=param or name)
-    return value
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-def _stop(body: dict) -> tuple[str, ...]:
-    value = body.get("stop")
-    if value is None:
-        return ()
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise bad_request("'stop' must be a non-empty string or a list of non-empty strings", param="stop")
-    if len(stops) > MAX_STOP_STRINGS:
-        raise bad_request(f"'stop' takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}", param="stop")
-    return tuple(stops)
-
-
-def _prompt(body: dict) -> str | list[int]:
-    if "prompt" not in body or body["prompt"] is None:
-        raise bad_request("'prompt' is required", param="prompt")
-    prompt = body["prompt"]
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise bad_request("'prompt' is empty: give some text to continue", param="prompt")
-        return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return prompt
-    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
-        raise bad_request("batches of prompts are not supported: send one prompt per request", param="prompt")
-    raise bad_request("'prompt' must be a non-empty string or a list of token ids", param="prompt")
-
-
-def _messages(body: dict) -> list[dict]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list of {role, content} objects", param="messages")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(f"'{where}' must be an object with 'role' and 'content'", param=where)
-        extra = set(message) - {"role", "content", "name"}
-        if extra:
-            raise bad_request(f"'{where}' has unsupported field '{sorted(extra)[0]}'", param=f"{where}.{min(extra)}")
-        role = message.get("role")
-        if role not in ROLES:
-            raise bad_request(f"'{where}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)}", param=where)
-        out.append({"role": role, "content": _content(message.get("content"), f"{where}.content")})
-    return out
-
-
-def _content(content, where: str) -> str:
-    """Message content: a string, or a list of {"type": "text", "text": ...} parts (joined)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and content:
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad_request(f'\'{where}\' parts must be {{"type": "text", "text": ...}}', param=where)
-            texts.append(part["text"])
-        return "".join(texts)
-    raise bad_request(f"'{where}' must be a string or a list of text parts", param=where)
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
