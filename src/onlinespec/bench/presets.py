@@ -33,17 +33,18 @@ PRESETS = {
         round_size=4,
         methods=("ar", "static", COUNT, "ogd"),
         k=None,
-        expected="about 3 minutes",
+        expected="about 1 minute",
     ),
-    # 120 prompts (20 from each of six domains) x 96 tokens x 5 methods. Measured 34 min 25 s (README).
+    # 120 prompts (20 from each of six domains) x 96 tokens x 6 methods. Measured 11 min 1 s in bf16 with the
+    # default draft (docs/benchmarks.md; 34 min 25 s when it was 5 methods in fp32 with the EAGLE head).
     "full": Preset(
         stream="shifted",
         num_prompts=120,
         max_new_tokens=96,
         round_size=8,
-        methods=("ar", "static", "ogd", "optimistic", "ensemble"),
+        methods=("ar", "static", COUNT, "ogd", "optimistic", "ensemble"),
         k=None,
-        expected="about 35 minutes",
+        expected="about 11 minutes",
     ),
 }
 
