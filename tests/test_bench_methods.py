@@ -83,8 +83,11 @@ def test_presets_run_count_only_with_a_draft_that_counts() -> None:
         assert methods_for_draft(quick, draft) == quick
     for draft in ("lookup", "lookup:3:1000"):
         assert methods_for_draft(quick, draft) == ("ar", "static", "count")
-    adapt = PRESETS["adapt"].methods  # no count listed: a lookup draft counts under each learner, as before
-    assert methods_for_draft(adapt, "lookup") == adapt
+    for name in ("full", "adapt", "adapt-shift", "adapt-long"):  # every preset now lists count beside the learners
+        methods = PRESETS[name].methods
+        assert "count" in methods
+        assert methods_for_draft(methods, "lookup") == ("ar", "static", "count")
+        assert methods_for_draft(methods, "eagle") == tuple(m for m in methods if m != "count")
     for draft in ("eagle", "eagle3:fresh", "medusa", "layerskip:4", "none", "some/model"):
         assert methods_for_draft(quick, draft) == tuple(m for m in quick if m != "count")
 

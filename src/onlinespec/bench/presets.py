@@ -60,6 +60,7 @@ LONG_STREAM_ADAM = "@epochs=1@prompt_positions=0@lr=1e-4@unroll=1@loss_after=fal
 ADAPT_METHODS = (
     "ar",
     "static",
+    COUNT,
     "ogd",
     f"ogd-adam{ADAPTIVE}",
     f"optimistic-adam{ADAPTIVE}",
@@ -67,9 +68,10 @@ ADAPT_METHODS = (
 )
 PRESETS.update(
     {
-        # 64 writingbench prompts (16 rounds of 4) x 40 tokens (answers run to the limit). Measured: 4 methods took
-        # 40.6 min with 2 torch threads on a shared 2-core machine (docs/benchmarks.md); `--stream summaries` runs
-        # the same protocol on a domain whose answers are short (~25 tokens) and copy the prompt (39.1 min, 4 methods).
+        # 64 writingbench prompts (16 rounds of 4) x 40 tokens (answers run to the limit). Measured: the 7 methods
+        # took 8.9 min in bf16 on the 2-core avx512_bf16 EPYC (docs/benchmarks.md; 4 of them 40.6 min in fp32 on a
+        # shared machine earlier); `--stream summaries` runs the same protocol on a domain whose answers are short
+        # (~25 tokens) and copy the prompt.
         "adapt": Preset(
             stream="writingbench",
             num_prompts=64,
@@ -77,7 +79,7 @@ PRESETS.update(
             round_size=4,
             methods=ADAPT_METHODS,
             k=None,
-            expected="about 40 minutes for 4 methods, longer for all 6 (measured on a shared machine)",
+            expected="about 9 minutes",
         ),
         # The summaries online slice nearly whole: 240 prompts, 60 rounds of 4, 40 tokens; the frozen draft, its
         # index learning (`count`) and one cheap Adam step a round on the head (lr 1e-4: on this stream 5e-4 drifted,
