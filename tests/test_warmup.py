@@ -92,6 +92,28 @@ def test_batched_answers_equal_our_greedy_answers(model_dir, tmp_path) -> None:
     assert any(len(ids) > len(pipe.encode(p)) for p, ids in zip(prompts, one, strict=True))
 
 
+def test_cached_answers_are_reused_only_for_the_same_answer_budget(model_dir, tmp_path) -> None:
+    """The answers cache is keyed by prompt and budget: a second call with the same budget generates nothing (its
+    rows are what it returns even when the file holds other text), one with another budget answers again."""
+    from onlinespec.models import load_model
+    from onlinespec.pipeline import Pipeline
+    from onlinespec.warmup.corpus import generate_answers
+
+    pipe = Pipeline(load_model(str(model_dir)), None)
+    prompts = ["def x", "class self"]
+    cache = tmp_path / "answers.jsonl"
+    short = generate_answers(pipe, prompts, 3, cache)
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert [r["max_new_tokens"] for r in rows] == [3, 3]
+    marked = [{**r, "ids": [*r["ids"], 0]} for r in rows]  # a cached row is taken as it is, not regenerated
+    cache.write_text("".join(json.dumps(r) + "\n" for r in marked))
+    assert generate_answers(pipe, prompts, 3, cache) == [r["ids"] for r in marked]
+    longer = generate_answers(pipe, prompts, 8, cache)
+    assert longer != [r["ids"] for r in marked]
+    assert all(a == b[: len(a)] for a, b in zip(short, longer, strict=True))  # greedy: the short answer is a prefix
+    assert len(cache.read_text().splitlines()) == 4
+
+
 def test_cosine_schedule_ramps_then_decays_to_zero() -> None:
     from onlinespec.warmup.distill import lr_factor
 

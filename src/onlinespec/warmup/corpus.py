@@ -59,7 +59,9 @@ def generate_answers(
     pipe, prompts: list[str], max_new_tokens: int, cache_file: Path, batch: int = 1
 ) -> list[list[int]]:
     """prompt + the target's greedy answer (token ids) for every prompt, cached in cache_file (JSON lines keyed by
-    the prompt text) so an interrupted warm-up does not regenerate finished answers.
+    the prompt text and the answer budget) so an interrupted warm-up does not regenerate finished answers, and one
+    resumed with another --answer-tokens does not reuse answers of the other length (a row written before the
+    budget was recorded counts as this budget's).
 
     batch = 1: our own autoregressive path, exactly what greedy decoding produces. batch > 1: transformers'
     `generate` over left-padded batches of prompts of similar length on the target's device (a GPU, say): the
@@ -73,7 +75,8 @@ def generate_answers(
         for line in cache_file.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                done[row["prompt"]] = row["ids"]
+                if row.get("max_new_tokens", max_new_tokens) == max_new_tokens:
+                    done[row["prompt"]] = row["ids"]
     todo = list(dict.fromkeys(p for p in prompts if p not in done))
     encoded = {p: pipe.encode(p) for p in todo}  # LongTensor [T] each
     if batch > 1:  # similar prompt lengths share a batch: little padding
@@ -89,7 +92,7 @@ def generate_answers(
                 answers = [ids.tolist() + pipe.start(ids, cfg, mode="ar").result().token_ids]
             for prompt, ids in zip(group, answers, strict=True):
                 done[prompt] = ids
-                fh.write(json.dumps({"prompt": prompt, "ids": ids}) + "\n")
+                fh.write(json.dumps({"prompt": prompt, "max_new_tokens": max_new_tokens, "ids": ids}) + "\n")
             fh.flush()
             bar.update(len(group))
     return [done[p] for p in prompts]
