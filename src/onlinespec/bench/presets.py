@@ -95,7 +95,8 @@ PRESETS.update(
             k=None,
             expected="about 9 minutes (8 min 46 s measured, bf16 on a 2-core avx512_bf16 EPYC)",
         ),
-        # writingbench, summaries, math: 40 prompts (10 rounds of 4) each, 40 tokens, the same 6 methods.
+        # writingbench, summaries, math: 40 prompts (10 rounds of 4) each, 40 tokens, the same 7 methods (measured
+        # 10.5 min in bf16 on the 2-core avx512_bf16 EPYC, docs/benchmarks.md).
         "adapt-shift": Preset(
             stream="shifted:writingbench,summaries,math",
             num_prompts=120,
@@ -103,7 +104,7 @@ PRESETS.update(
             round_size=4,
             methods=ADAPT_METHODS,
             k=None,
-            expected="over an hour (estimated from the adapt runs: 120 prompts)",
+            expected="about 11 minutes (10.5 min measured, bf16)",
         ),
     }
 )
