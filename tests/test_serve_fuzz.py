@@ -110,3 +110,12 @@ def test_fuzzed_bodies_get_no_5xx(server: Server, body: dict, path: str) -> None
     response = post(server, path, json.dumps(body).encode())
     check_response(response)
     assert "Traceback" not in server.log()
+
+
+def test_an_error_echoes_at_most_a_bounded_part_of_the_value() -> None:
+    from onlinespec.serve.schemas import SHOWN_CHARS
+
+    with pytest.raises(ApiError) as caught:
+        parse_request({"prompt": "the cat", "max_tokens": "y" * 100_000}, "completion", max_tokens_limit=64)
+    assert caught.value.param == "max_tokens" and "must be an integer" in caught.value.message
+    assert len(caught.value.message) < SHOWN_CHARS + 60 and caught.value.message.endswith("yyy...")

@@ -336,8 +336,12 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
+SHOWN_CHARS = 80  # an error echoes at most this much of the value it refuses (a client may send megabytes)
+
+
 def _shown(value: Any) -> str:
     try:
-        return json.dumps(value)
+        text = json.dumps(value)
     except (TypeError, ValueError):
-        return repr(value)
+        text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
