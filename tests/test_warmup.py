@@ -149,6 +149,9 @@ def test_warmup_can_continue_a_saved_head_with_its_vocabulary(model_dir, tmp_pat
     torch.testing.assert_close(more["draft_vocab_ids"], first["draft_vocab_ids"], rtol=0, atol=0)
     assert any(not torch.equal(more[n], first[n]) for n in first if n != "draft_vocab_ids")
     assert json.loads((tmp_path / "more" / "eagle" / "config.json").read_text())["unroll"] == 3
+    # without --unroll a continued head keeps its own depth (3 here), not the fresh-head default of 2
+    assert warmup(model_dir, tmp_path / "kept", 1, "--init", str(tmp_path / "more" / "eagle")) == 0
+    assert json.loads((tmp_path / "kept" / "eagle" / "config.json").read_text())["unroll"] == 3
     assert warmup(model_dir, tmp_path / "bad", 1, "--init", str(tmp_path / "missing")) == 2
 
 

@@ -48,7 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="corpus sequence length (default: %(default)s)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per batch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--unroll", type=int, default=2, help="EAGLE training passes on its own features")
+    p.add_argument(
+        "--unroll",
+        type=int,
+        help="EAGLE training passes on its own features (default: 2, or with --init the initial head's own)",
+    )
     p.add_argument(
         "--eagle-layout",
         choices=("onlinespec", "eagle1"),
@@ -98,7 +102,7 @@ def _config(args: argparse.Namespace) -> WarmupConfig:
     sources = [s.strip() for s in args.data.split(",") if s.strip()]
     if not sources or set(sources) - set(DATA_SOURCES):
         raise UserError(f"--data takes a comma list from {', '.join(DATA_SOURCES)}, got '{args.data}'")
-    if min(args.seq_len, args.batch_tokens, args.top_k, args.unroll) < 1 or args.minutes <= 0:
+    if min(args.seq_len, args.batch_tokens, args.top_k, args.unroll or 1) < 1 or args.minutes <= 0:
         raise UserError("--seq-len, --batch-tokens, --top-k, --unroll and --minutes must be positive")
     if args.prompts and not Path(args.prompts).is_file():
         raise UserError(f"--prompts '{args.prompts}' is not a file: give a JSONL file of prompts")

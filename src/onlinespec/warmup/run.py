@@ -26,6 +26,7 @@ DATA_SOURCES = ("answers", "stdlib", "pydoc")
 # The default warm-up prompts: the first items of each stream's warm-up slice (paper protocol); `--streams` picks
 # others, e.g. the slices of the domains a deployment will serve.
 WARMUP_STREAMS = {"humaneval": 40, "spider": 40, "finance": 24}
+DEFAULT_UNROLL = 2  # a fresh head's training passes on its own features (--unroll)
 EVAL_PER_STREAM = 2  # the last warm-up prompts of each stream are held out for the final check
 HELD_OUT_EVERY = 20  # every 20th sequence (answers first, then corpus) is held out for the agreement figure
 
@@ -46,7 +47,7 @@ class WarmupConfig:
     seq_len: int = 256  # corpus sequence length
     batch_tokens: int = 4096  # tokens per batch
     lr: float = 5e-4  # AdamW learning rate
-    unroll: int = 2  # EAGLE training passes on its own features
+    unroll: int | None = None  # EAGLE training passes on its own features; None: the --init head's own, else 2
     eagle_layout: str = "onlinespec"  # eagle1 = the exact EAGLE-1 head vLLM/SGLang run
     draft_vocab: int = 8192  # reduced draft vocabulary size, 0 = full
     top_k: int = 32  # target probabilities kept per position
@@ -194,8 +195,8 @@ def run_warmup(cfg: WarmupConfig, command: str | None = None) -> dict:
             vocab, coverage = choose_draft_vocab(train_batches, cfg.draft_vocab, always)
         head = build_head(cfg.kind, target, vocab, **({"layout": cfg.eagle_layout} if cfg.kind == "eagle" else {}))
     head.to(device)
-    if is_unrolled(head):
-        head.unroll = cfg.unroll
+    if is_unrolled(head):  # a continued head keeps the depths it was trained on unless told otherwise
+        head.unroll = cfg.unroll if cfg.unroll is not None else (head.unroll if cfg.init else DEFAULT_UNROLL)
     before = agreement(head, held_batches)
 
     def resume():
